@@ -1,0 +1,89 @@
+"""Celery settings. Each one is here for a reason, written beside it.
+
+Read by the worker, beat, Flower and the receiver (which only publishes).
+Everything comes from the environment through webhook_ingest.config, so a bad
+value stops every process at start with the variable's name.
+"""
+
+from webhook_ingest.config import load_settings
+
+_settings = load_settings()
+_redis_broker = _settings.broker_url.startswith(("redis://", "rediss://"))
+
+broker_url = _settings.broker_url
+# No result backend: tasks write their outcome to job_state themselves, and
+# storing results would double the Redis writes of every delivery.
+task_ignore_result = True
+result_backend = None
+
+task_serializer = "json"
+accept_content = ["json"]
+# Deliveries carry provider payloads; pickle would let a broker writer run code.
+result_accept_content = ["json"]
+
+# A delivery is acknowledged to the broker only after the task finished, and a
+# worker that dies mid-task (SIGKILL, OOM) gets its message requeued, not dropped:
+# together these are what "nothing acknowledged with a 2xx is ever lost" rests on.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# Tasks are short and their retries are tasks; one message per process in hand
+# at a time keeps a crash from stranding a backlog until the visibility timeout.
+worker_prefetch_multiplier = 1
+# If the broker connection drops, unacknowledged messages go back to the broker;
+# finishing them anyway would apply them twice after redelivery (harmless, as
+# apply() is idempotent, but wasteful and noisy).
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+# A task must finish (or be killed and requeued) well inside the visibility
+# timeout, or the Redis broker redelivers it while it still runs. Provider HTTP
+# calls are bounded to ~30 s (webhook_ingest.provider_http).
+VISIBILITY_TIMEOUT = _settings.broker_visibility_timeout_seconds
+task_time_limit = int(VISIBILITY_TIMEOUT * 0.5)
+task_soft_time_limit = task_time_limit - 5
+# Retry countdowns are held by the worker as unacknowledged ETA messages; the
+# countdown plus the task's run time must stay below the visibility timeout or
+# the retry is redelivered as a duplicate (the countdown trap). workers.retries
+# caps every countdown with this.
+MAX_RETRY_COUNTDOWN = int(VISIBILITY_TIMEOUT * 0.4)
+
+if _redis_broker:
+    broker_transport_options = {
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        # Fail fast when Redis is down so the receiver answers 503 in about a second.
+        "socket_connect_timeout": 0.5,
+        "socket_timeout": 2,
+        "retry_on_timeout": False,
+        "health_check_interval": 30,
+    }
+else:
+    broker_transport_options = {
+        # RabbitMQ: wait for the broker's publisher confirm before the receiver
+        # answers 2xx, so an acknowledged delivery is on the broker's disk.
+        "confirm_publish": True,
+    }
+    # Fail fast when the broker is down so the receiver answers 503 promptly.
+    broker_connection_timeout = 1.0
+
+# Publishing from the receiver: a few quick retries, then give up so the HTTP
+# answer is a prompt 503 (the provider retries) instead of a hung request.
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": 2,
+    "interval_start": 0.05,
+    "interval_step": 0.2,
+    "interval_max": 0.3,
+}
+broker_connection_retry_on_startup = True
+# The worker keeps reconnecting for as long as the broker is away; it heals by itself.
+broker_connection_max_retries = None
+
+task_default_queue = "webhook_ingest"
+task_create_missing_queues = True
+
+# Flower needs task events; they are cheap fan-out messages on the broker.
+worker_send_task_events = True
+task_send_sent_event = False
+
+worker_hijack_root_logger = False
+timezone = "UTC"
+enable_utc = True

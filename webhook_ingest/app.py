@@ -1,0 +1,40 @@
+"""The Flask application factory for the receiver."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from webhook_ingest import operator_api, receiver
+from webhook_ingest.http_errors import register_error_handlers
+from webhook_ingest.services import Services, build_services
+
+log = logging.getLogger(__name__)
+
+
+def create_app(services: Services | None = None) -> Flask:
+    services = services or build_services()
+    settings = services.settings
+
+    app = Flask(__name__)
+    # Werkzeug answers 413 from Content-Length, and stops a chunked body at the limit.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    if settings.trusted_proxy_count:
+        # Only hops we were told about may set the client address.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)
+
+    from workers.celery_app import app as celery_app  # the receiver only publishes
+
+    app.extensions["webhook_ingest"] = services
+    app.extensions["celery"] = celery_app
+    app.register_blueprint(receiver.blueprint)
+    app.register_blueprint(operator_api.blueprint)
+    register_error_handlers(app)
+
+    disabled = sorted(name for name, p in services.providers.items() if not p.enabled)
+    if disabled:
+        log.warning("providers without verification configured (accept nothing): %s", disabled)
+    return app

@@ -1,0 +1,109 @@
+"""Settings from the environment, validated once at start (twelve-factor).
+
+Every process (web, worker, beat) reads the same variables through `load_settings`,
+so a bad value fails at start with the variable's name instead of on the first
+delivery. Per-provider credentials are read by `webhook_ingest.providers`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+# The Redis broker redelivers an unacknowledged message after this long; retry
+# countdowns must stay below it or a waiting retry is redelivered as a duplicate.
+MAX_VISIBILITY_TIMEOUT_SECONDS = 120
+
+
+class ConfigError(Exception):
+    """The environment holds a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int
+    redis_url: str
+    broker_url: str
+    tolerance_seconds: int
+    trusted_proxy_count: int
+    max_body_bytes: int
+    rate_limit: str
+    admin_token: str | None
+    webhook_base_url: str
+    orphan_after_seconds: int
+    orphan_poll_interval_seconds: int
+    broker_visibility_timeout_seconds: int
+    dedup_ttl_seconds: int
+    unmatched_retry_seconds: int
+    dead_letter_ttl_seconds: int
+
+
+_redis_scheme = validate.Regexp(r"^(redis|rediss|unix)://", error="must be a redis:// URL")
+_broker_scheme = validate.Regexp(
+    r"^(redis|rediss|amqp|amqps|pyamqp)://", error="must be a redis:// or amqp:// URL"
+)
+_http_url = validate.URL(schemes={"http", "https"}, require_tld=False)
+_positive = validate.Range(min=1)
+
+
+def _int(name: str, default: int, *validators: validate.Validator) -> fields.Integer:
+    return fields.Integer(data_key=name, load_default=default, validate=list(validators) or None)
+
+
+class SettingsSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    port = _int("PORT", 8000, validate.Range(1, 65535))
+    redis_url = fields.String(
+        data_key="REDIS_URL", load_default=DEFAULT_REDIS_URL, validate=_redis_scheme
+    )
+    broker_url = fields.String(
+        data_key="CELERY_BROKER_URL", load_default=None, validate=_broker_scheme
+    )
+    tolerance_seconds = _int("WEBHOOK_TOLERANCE_SECONDS", 300, _positive)
+    trusted_proxy_count = _int("TRUSTED_PROXY_COUNT", 0, validate.Range(0, 10))
+    max_body_bytes = _int("MAX_BODY_BYTES", 1_048_576, _positive)
+    rate_limit = fields.String(data_key="RATE_LIMIT", load_default="100/second")
+    admin_token = fields.String(
+        data_key="ADMIN_TOKEN", load_default=None, validate=validate.Length(min=16)
+    )
+    webhook_base_url = fields.String(
+        data_key="WEBHOOK_BASE_URL", load_default=None, validate=_http_url
+    )
+    orphan_after_seconds = _int("ORPHAN_AFTER_SECONDS", 300, _positive)
+    orphan_poll_interval_seconds = _int("ORPHAN_POLL_INTERVAL_SECONDS", 60, _positive)
+    broker_visibility_timeout_seconds = _int(
+        "BROKER_VISIBILITY_TIMEOUT_SECONDS", 90, validate.Range(10, MAX_VISIBILITY_TIMEOUT_SECONDS)
+    )
+    # OpenAI retries a delivery for up to 72 hours: remember ids a little longer.
+    dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", 3 * 24 * 3600 + 3600, _positive)
+    unmatched_retry_seconds = _int("UNMATCHED_RETRY_SECONDS", 300, _positive)
+    dead_letter_ttl_seconds = _int("DEAD_LETTER_TTL_SECONDS", 14 * 24 * 3600, _positive)
+
+    @post_load
+    def _derive(self, data: dict, **_: object) -> Settings:
+        data["broker_url"] = data["broker_url"] or data["redis_url"]
+        data["webhook_base_url"] = (
+            data["webhook_base_url"] or f"http://localhost:{data['port']}"
+        ).rstrip("/")
+        return Settings(**data)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate the environment; raise ConfigError naming every bad variable."""
+    env = os.environ if environ is None else environ
+    # Empty strings mean "unset", as in most process managers' .env files.
+    present = {key: value for key, value in env.items() if value != ""}
+    try:
+        return SettingsSchema().load(present)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{name}: {' '.join(map(str, messages))}"
+            for name, messages in sorted(exc.normalized_messages().items())
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

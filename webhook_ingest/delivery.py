@@ -1,0 +1,36 @@
+"""A verified delivery as it travels from the receiver to a worker.
+
+The raw body travels as received (it was verified on these bytes and is kept for
+dead letters and replay); only headers that identify the delivery are kept, never
+the signature or credentials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from webhook_ingest.job_update import now_ms
+
+KEPT_HEADERS = ("webhook-id", "webhook-timestamp", "content-type", "user-agent")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    provider: str
+    delivery_id: str
+    body: str
+    job_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    received_at: int = field(default_factory=now_ms)
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Delivery:
+        return cls(**{name: message[name] for name in cls.__dataclass_fields__ if name in message})
+
+
+def kept_headers(headers) -> dict[str, str]:
+    return {name: headers[name] for name in KEPT_HEADERS if name in headers}

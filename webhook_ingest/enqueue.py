@@ -1,0 +1,35 @@
+"""Make a verified delivery durable on the broker, or say that we could not.
+
+The receiver answers 2xx only after this returns. The publish retry policy in
+celeryconfig bounds how long a broker outage can hold a request (~1 s), after
+which the caller answers 503 and the provider retries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from webhook_ingest.delivery import Delivery
+
+log = logging.getLogger(__name__)
+
+INGEST_TASK = "webhook_ingest.ingest"
+
+
+class EnqueueFailed(Exception):
+    """The broker did not take the delivery."""
+
+
+def enqueue(celery_app: Celery, delivery: Delivery) -> None:
+    try:
+        celery_app.send_task(
+            INGEST_TASK,
+            args=[delivery.to_message()],
+            # Readable in Flower without showing the payload.
+            argsrepr=f"<{delivery.provider} delivery {delivery.delivery_id}>",
+        )
+    except Exception as exc:  # any failure to publish must become a 503, never a 2xx
+        log.warning("enqueue failed: %s", type(exc).__name__)
+        raise EnqueueFailed(type(exc).__name__) from None

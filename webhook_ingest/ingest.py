@@ -1,0 +1,88 @@
+"""Turn one verified delivery into at most one applied state update.
+
+No Celery here: the task in workers.tasks adds retries and parking around this,
+and the benchmark calls it directly as the plain-loop ceiling.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from webhook_ingest.delivery import Delivery
+from webhook_ingest.jobs import JobNotFound
+from webhook_ingest.providers import PayloadError
+from webhook_ingest.services import Services
+from webhook_ingest.state import ApplyResult, Outcome
+
+log = logging.getLogger(__name__)
+
+IGNORED_KEY = "webhook_ingest:ignored"  # capped list of deliveries we recorded but did not apply
+IGNORED_KEEP = 1000
+
+
+class IngestOutcome(enum.StrEnum):
+    APPLIED = Outcome.APPLIED.value
+    UNCHANGED = Outcome.UNCHANGED.value
+    TERMINAL = Outcome.TERMINAL.value
+    DUPLICATE = Outcome.DUPLICATE.value
+    IGNORED = "ignored"  # an event type that says nothing about a job we track
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: IngestOutcome
+    job_id: str | None = None
+    applied: ApplyResult | None = None
+
+
+def parse_payload(body: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise PayloadError("body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise PayloadError("body is not a JSON object")
+    return payload
+
+
+def ingest(delivery: Delivery, services: Services) -> IngestResult:
+    """Raises JobNotFound (retry later), PayloadError / JobMismatch / ProviderError."""
+    provider = services.providers.get(delivery.provider)
+    if provider is None:
+        raise PayloadError(f"unknown provider {delivery.provider!r:.40}")
+    payload = parse_payload(delivery.body)
+    external_id = provider.external_id(payload)
+    try:
+        job = services.jobs.resolve(provider.name, delivery.job_id, external_id)
+    except JobNotFound:
+        if provider.waits_for_mapping(payload):
+            raise
+        return _ignored(delivery, services, payload)
+
+    update = provider.to_update(payload, job)
+    if update is None:
+        return _ignored(delivery, services, payload, job.job_id)
+    applied = services.state.apply(update, delivery.delivery_id)
+    return IngestResult(IngestOutcome(applied.outcome.value), job.job_id, applied)
+
+
+def _ignored(delivery: Delivery, services: Services, payload: dict, job_id: str | None = None):
+    event_type = payload.get("type") if isinstance(payload.get("type"), str) else None
+    record = json.dumps(
+        {
+            "provider": delivery.provider,
+            "delivery_id": delivery.delivery_id,
+            "job_id": job_id,
+            "event_type": event_type,
+            "received_at": delivery.received_at,
+        }
+    )
+    with services.redis.pipeline(transaction=False) as pipe:
+        pipe.lpush(IGNORED_KEY, record)
+        pipe.ltrim(IGNORED_KEY, 0, IGNORED_KEEP - 1)
+        pipe.execute()
+    return IngestResult(IngestOutcome.IGNORED, job_id)

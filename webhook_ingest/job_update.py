@@ -1,0 +1,83 @@
+"""The normalized job-state update: what every provider payload and poll becomes.
+
+Field names are the seed's `JobStateUpdate`, which the rest of the job system
+already consumes from `job_progress:{job_id}` and `job_updates`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+PROCESSING = "processing"
+COMPLETED = "completed"
+FAILED = "failed"
+STATUSES = (PROCESSING, COMPLETED, FAILED)
+TERMINAL_STATUSES = frozenset({COMPLETED, FAILED})
+
+SOURCE_WEBHOOK = "webhook"
+SOURCE_ORPHAN_POLL = "orphan_poll"
+SOURCES = (SOURCE_WEBHOOK, SOURCE_ORPHAN_POLL)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class JobStateUpdate:
+    """One provider observation of a job, already mapped to our vocabulary.
+
+    `progress=None` means the provider said nothing about progress (keep what we
+    have); `result=None` means no result in this observation.
+    """
+
+    job_id: str
+    status: str
+    provider: str
+    source: str
+    external_job_id: str | None = None
+    progress: int | None = None
+    result: Any = None
+    error_message: str | None = None
+    updated_at: int = field(default_factory=now_ms)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class JobStateUpdateSchema(Schema):
+    """Validates an update before it may touch Redis (and documents its shape)."""
+
+    job_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    external_job_id = fields.String(allow_none=True, load_default=None)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    progress = fields.Integer(allow_none=True, load_default=None, validate=validate.Range(0, 100))
+    result = fields.Raw(allow_none=True, load_default=None)
+    error_message = fields.String(allow_none=True, load_default=None)
+    provider = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    updated_at = fields.Integer(load_default=now_ms)
+    source = fields.String(required=True, validate=validate.OneOf(SOURCES))
+
+
+_schema = JobStateUpdateSchema()
+
+
+def validated(update: JobStateUpdate) -> JobStateUpdate:
+    """Round-trip through the schema so a normalizer bug cannot write bad state."""
+    return JobStateUpdate(**_schema.load(update.to_dict()))
+
+
+def result_json(result: Any) -> str | None:
+    """`result` is stored and broadcast as JSON text (contract section 4)."""
+    if result is None:
+        return None
+    return json.dumps(result, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,89 @@
+"""The job registry: `job_mapping:{job_id}` plus the indexes this service needs.
+
+The mapping hash is shared with the rest of the job system (other services may
+write it with a plain HSET). Registering also writes the reverse index
+(provider + external id -> job) and the live-job index in the same atomic step,
+so a webhook that races the submit finds its job as soon as the mapping exists.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import redis
+
+from webhook_ingest import keys
+from webhook_ingest.job_update import now_ms
+from webhook_ingest.providers.base import JobRef
+
+_REGISTER_LUA = """
+local mapping_key, index_key, live_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job_id, provider, external_id, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local current = redis.call('HMGET', mapping_key, 'provider', 'external_job_id')
+if current[1] or current[2] then
+  if current[1] ~= provider or current[2] ~= external_id then return 'conflict' end
+else
+  local owner = redis.call('GET', index_key)
+  if owner and owner ~= job_id then return 'conflict' end
+  redis.call('HSET', mapping_key, 'external_job_id', external_id, 'provider', provider,
+             'created_at', now, 'last_webhook_update', now)
+end
+redis.call('SET', index_key, job_id)
+local status = redis.call('HGET', state_key, 'status')
+if status ~= 'completed' and status ~= 'failed' then
+  redis.call('ZADD', live_key, 'NX', now, job_id)
+end
+if current[1] then return 'exists' end
+return 'created'
+"""
+
+
+class Registration(enum.StrEnum):
+    CREATED = "created"
+    EXISTS = "exists"  # the same mapping was registered before: idempotent
+    CONFLICT = "conflict"  # the job or the external id is mapped differently
+
+
+class JobNotFound(Exception):
+    """No mapping yet: the provider may have called back before the submitter wrote it."""
+
+
+class JobMismatch(Exception):
+    """The delivery names a job whose mapping says otherwise; retrying will not help."""
+
+
+class JobRegistry:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._register = client.register_script(_REGISTER_LUA)
+
+    def register(self, job_id: str, provider: str, external_job_id: str) -> Registration:
+        reply = self._register(
+            keys=[
+                keys.job_mapping(job_id),
+                keys.external_index(provider, external_job_id),
+                keys.LIVE_JOBS,
+                keys.job_state(job_id),
+            ],
+            args=[job_id, provider, external_job_id, now_ms()],
+        )
+        return Registration(reply)
+
+    def mapping(self, job_id: str) -> dict[str, str]:
+        return self._redis.hgetall(keys.job_mapping(job_id))
+
+    def resolve(self, provider: str, job_id: str | None, external_job_id: str) -> JobRef:
+        """The job a delivery is about: from the URL, else from the provider's id."""
+        if job_id is None:
+            job_id = self._redis.get(keys.external_index(provider, external_job_id))
+            if job_id is None:
+                raise JobNotFound(f"no job registered for {provider} id {external_job_id}")
+        mapping = self.mapping(job_id)
+        if not mapping:
+            raise JobNotFound(f"job {job_id} has no mapping yet")
+        if mapping.get("provider") and mapping["provider"] != provider:
+            raise JobMismatch(f"job {job_id} belongs to provider {mapping['provider']}")
+        mapped_external = mapping.get("external_job_id")
+        if mapped_external and mapped_external != external_job_id:
+            raise JobMismatch(f"job {job_id} is mapped to another {provider} id")
+        return JobRef(job_id=job_id, provider=provider, external_job_id=external_job_id)

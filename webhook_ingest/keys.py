@@ -1,0 +1,40 @@
+"""Redis key names. The first two are shared with the rest of the job system."""
+
+
+def job_mapping(job_id: str) -> str:
+    return f"job_mapping:{job_id}"
+
+
+def job_state(job_id: str) -> str:
+    return f"job_state:{job_id}"
+
+
+def progress_channel(job_id: str) -> str:
+    return f"job_progress:{job_id}"
+
+
+UPDATES_CHANNEL = "job_updates"
+
+# Ours: not read by other services, free to change with a migration note.
+LIVE_JOBS = "webhook_ingest:live_jobs"  # zset job_id -> last activity (ms), non-terminal only
+
+
+def applied_deliveries(job_id: str) -> str:
+    """Delivery ids already applied to a job: makes a redelivered task a no-op."""
+    return f"webhook_ingest:applied:{job_id}"
+
+
+def external_index(provider: str, external_job_id: str) -> str:
+    """Reverse lookup for providers whose webhook names only their own id."""
+    return f"webhook_ingest:external:{provider}:{external_job_id}"
+
+
+def delivery_claim(provider: str, delivery_id: str) -> str:
+    return f"webhook_ingest:delivery:{provider}:{delivery_id}"
+
+
+DEAD_LETTERS = "webhook_ingest:dead_letters"  # zset dead letter id -> parked at (ms)
+
+
+def dead_letter(letter_id: str) -> str:
+    return f"webhook_ingest:dead_letter:{letter_id}"

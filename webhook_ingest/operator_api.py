@@ -1,0 +1,98 @@
+"""Operator endpoints: health, readiness, and the job registry over HTTP."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from marshmallow import Schema, ValidationError, fields, validate
+
+from webhook_ingest.http_errors import error
+from webhook_ingest.jobs import Registration
+from webhook_ingest.receiver import JOB_ID
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("operator", __name__)
+
+READINESS_TIMEOUT_SECONDS = 1.0
+
+
+@blueprint.get("/healthz")
+def healthz():
+    """The process answers. No dependency checks: a Redis outage must not restart us."""
+    return jsonify(status="ok")
+
+
+@blueprint.get("/readyz")
+def readyz():
+    """Ready to accept deliveries: Redis and the broker both answer."""
+    services = current_app.extensions["webhook_ingest"]
+    problems = {}
+    try:
+        services.redis.ping()
+    except Exception as exc:
+        problems["redis"] = type(exc).__name__
+    try:
+        celery_app = current_app.extensions["celery"]
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=READINESS_TIMEOUT_SECONDS)
+    except Exception as exc:
+        problems["broker"] = type(exc).__name__
+    if problems:
+        return jsonify(status="unavailable", unavailable=problems), 503
+    return jsonify(status="ready")
+
+
+def _authorized() -> bool:
+    token = current_app.extensions["webhook_ingest"].settings.admin_token
+    given = request.headers.get("Authorization", "")
+    if not token or not given.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(given[len("Bearer ") :].encode(), token.encode())
+
+
+@blueprint.before_request
+def _require_admin():
+    if request.endpoint in ("operator.healthz", "operator.readyz"):
+        return None
+    if not _authorized():
+        return error(401, "operator token required", WWW_Authenticate="Bearer")
+    return None
+
+
+class RegisterJobSchema(Schema):
+    job_id = fields.String(required=True, validate=validate.Regexp(JOB_ID, error="invalid job id"))
+    provider = fields.String(required=True)
+    external_job_id = fields.String(required=True, validate=validate.Length(min=1, max=256))
+
+
+@blueprint.post("/jobs")
+def register_job():
+    services = current_app.extensions["webhook_ingest"]
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return error(400, "body must be a JSON object")
+    try:
+        job = RegisterJobSchema().load(body)
+    except ValidationError as exc:
+        field = sorted(exc.normalized_messages())[0]
+        return jsonify(error=f"invalid field {field}", field=field), 400
+    if job["provider"] not in services.providers:
+        return jsonify(error="invalid field provider: unknown provider", field="provider"), 400
+    outcome = services.jobs.register(job["job_id"], job["provider"], job["external_job_id"])
+    if outcome is Registration.CONFLICT:
+        return error(409, "job or external id already mapped differently")
+    status = 201 if outcome is Registration.CREATED else 200
+    return jsonify(registered=True, created=outcome is Registration.CREATED, **job), status
+
+
+@blueprint.get("/jobs/<job_id>")
+def show_job(job_id: str):
+    services = current_app.extensions["webhook_ingest"]
+    mapping = services.jobs.mapping(job_id)
+    state = services.state.get(job_id)
+    if not mapping and not state:
+        return error(404, "unknown job")
+    return jsonify(job_id=job_id, mapping=mapping or None, state=state or None)

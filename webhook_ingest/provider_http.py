@@ -1,0 +1,97 @@
+"""HTTP to provider APIs: one session per client, explicit timeouts, bounded retries.
+
+A call takes ~30 s at worst (two tries of 3 s connect + 10 s read, plus backoff),
+which keeps a task well inside its time limit and the broker's visibility timeout.
+
+Only idempotent requests are retried here (GET); a submit is never retried
+blindly because a lost answer to a POST may still have created a job. Longer
+waits are not slept away inside a task: the caller raises `ProviderUnavailable`
+and the task retries later with a countdown.
+"""
+
+from __future__ import annotations
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+CONNECT_TIMEOUT = 3.05
+READ_TIMEOUT = 10
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+class ProviderError(Exception):
+    """The provider API did not give a usable answer."""
+
+
+class ProviderUnavailable(ProviderError):
+    """A transient failure (timeout, 429, 5xx): try again later."""
+
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class ProviderNotFound(ProviderError):
+    """The provider does not know this id (never did, or forgot it)."""
+
+
+def make_session(auth_header: str | None, user_agent: str = "webhook-ingest") -> requests.Session:
+    session = requests.Session()
+    retry = Retry(
+        total=1,
+        backoff_factor=0.5,
+        backoff_jitter=0.25,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        respect_retry_after_header=True,
+        # a Retry-After longer than this is honoured by the task's countdown instead
+        backoff_max=5,
+        raise_on_status=False,
+    )
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=10)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = user_agent
+    if auth_header:
+        session.headers["Authorization"] = auth_header
+    return session
+
+
+def get_json(session: requests.Session, url: str) -> tuple[int, dict]:
+    """GET a JSON object. Raises ProviderUnavailable / ProviderNotFound / ProviderError."""
+    try:
+        response = session.get(
+            url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), headers={"Accept": "application/json"}
+        )
+    except requests.RequestException as exc:
+        raise ProviderUnavailable(f"{type(exc).__name__} calling provider") from None
+    return response.status_code, _checked_json(response)
+
+
+def _checked_json(response: requests.Response) -> dict:
+    status = response.status_code
+    if status == 404:
+        raise ProviderNotFound("provider answered 404")
+    if status in RETRY_STATUSES:
+        raise ProviderUnavailable(
+            f"provider answered {status}", retry_after=_retry_after(response), status=status
+        )
+    if status >= 400:
+        raise ProviderError(f"provider answered {status}")
+    try:
+        body = response.json()
+    except ValueError:
+        raise ProviderError("provider answered with something that is not JSON") from None
+    if not isinstance(body, dict):
+        raise ProviderError("provider answered with JSON that is not an object")
+    return body
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,129 @@
+"""OpenAI: one project-level webhook URL; the event carries only the object id.
+
+Response events are sent for `background: true` responses. The output is not in
+the event, so the worker fetches `GET {base}/responses/{id}`; that fetch may be
+retried (the task backs off on 429/5xx), and if the response is gone (stored data
+can vanish for `store=false` projects) the event type alone decides the status.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import requests
+
+from webhook_ingest import provider_http
+from webhook_ingest.job_update import COMPLETED, FAILED, PROCESSING, SOURCE_WEBHOOK, JobStateUpdate
+from webhook_ingest.providers.base import JobRef, PayloadError, Provider, require_str
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+# Events whose object is not a response: the event type is the whole story.
+_EVENT_STATUS: dict[str, tuple[str, str | None]] = {
+    "batch.completed": (COMPLETED, None),
+    "batch.failed": (FAILED, "batch failed"),
+    "batch.expired": (FAILED, "batch expired"),
+    "batch.cancelled": (FAILED, "batch cancelled"),
+    "fine_tuning.job.succeeded": (COMPLETED, None),
+    "fine_tuning.job.failed": (FAILED, "fine-tuning job failed"),
+    "fine_tuning.job.cancelled": (FAILED, "fine-tuning job cancelled"),
+    "eval.run.succeeded": (COMPLETED, None),
+    "eval.run.failed": (FAILED, "eval run failed"),
+    "eval.run.canceled": (FAILED, "eval run canceled"),
+    # Used only when the response itself can no longer be fetched.
+    "response.completed": (COMPLETED, None),
+    "response.failed": (FAILED, "response failed"),
+    "response.cancelled": (FAILED, "cancelled"),
+    "response.incomplete": (FAILED, "response incomplete"),
+}
+
+
+def update_from_response(response: dict[str, Any], job: JobRef, source: str) -> JobStateUpdate:
+    """Map a Response object (providers.md, OpenAI table) to our update."""
+    external_id = require_str(response, "id")
+    status = response.get("status")
+    progress: int | None = None
+    result = None
+    error_message = None
+    if status == "queued":
+        state, progress = PROCESSING, 0
+    elif status == "in_progress":
+        state = PROCESSING
+    elif status == "completed":
+        state, result = COMPLETED, response.get("output")
+    elif status == "failed":
+        error = response.get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+        state, error_message = FAILED, str(message or "response failed")
+    elif status == "cancelled":
+        state, error_message = FAILED, "cancelled"
+    elif status == "incomplete":
+        details = response.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else None
+        state, error_message = FAILED, f"incomplete: {reason}" if reason else "incomplete"
+    else:
+        raise PayloadError(f"unknown OpenAI response status {status!r:.40}")
+    return JobStateUpdate(
+        job_id=job.job_id,
+        external_job_id=external_id,
+        status=state,
+        progress=progress,
+        result=result,
+        error_message=error_message,
+        provider=OpenAIProvider.name,
+        source=source,
+    )
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    _session: requests.Session | None = None
+
+    @property
+    def base_url(self) -> str:
+        return (self.setting("_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            key = self.setting("_API_KEY")
+            self._session = provider_http.make_session(f"Bearer {key}" if key else None)
+        return self._session
+
+    def external_id(self, payload: dict[str, Any]) -> str:
+        return require_str(payload, "data", "id")
+
+    def waits_for_mapping(self, payload: dict[str, Any]) -> bool:
+        return payload.get("type") in _EVENT_STATUS
+
+    def fetch_response(self, response_id: str) -> dict[str, Any]:
+        _, body = provider_http.get_json(self.session, f"{self.base_url}/responses/{response_id}")
+        return body
+
+    def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate | None:
+        event_type = require_str(payload, "type")
+        object_id = self.external_id(payload)
+        if event_type.startswith("response."):
+            try:
+                return update_from_response(self.fetch_response(object_id), job, SOURCE_WEBHOOK)
+            except provider_http.ProviderNotFound:
+                if event_type not in _EVENT_STATUS:
+                    return None
+                log.warning(
+                    "openai response gone; status from event type",
+                    extra={"job_id": job.job_id, "event_type": event_type},
+                )
+        if event_type not in _EVENT_STATUS:
+            return None  # recorded by the caller, not an error: OpenAI adds event types
+        status, error_message = _EVENT_STATUS[event_type]
+        return JobStateUpdate(
+            job_id=job.job_id,
+            external_job_id=object_id,
+            status=status,
+            error_message=error_message,
+            provider=self.name,
+            source=SOURCE_WEBHOOK,
+        )

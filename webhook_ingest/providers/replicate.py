@@ -1,0 +1,92 @@
+"""Replicate: per-prediction webhook URL, Standard Webhooks signatures.
+
+The payload is the prediction object itself (same as GET /predictions/{id}).
+`output`/`logs` events are throttled and may arrive out of order; the state
+function ignores anything after a terminal status, so this module only maps.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from webhook_ingest.job_update import COMPLETED, FAILED, PROCESSING, SOURCE_WEBHOOK, JobStateUpdate
+from webhook_ingest.providers.base import JobRef, PayloadError, Provider, require_str
+
+DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+
+# The official client's tqdm pattern (replicate/prediction.py); last match wins.
+_TQDM_LINE = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)", re.MULTILINE)
+
+_STATUS = {
+    "starting": PROCESSING,
+    "processing": PROCESSING,
+    "succeeded": COMPLETED,
+    "failed": FAILED,
+    "canceled": FAILED,
+    "aborted": FAILED,
+}
+
+
+def progress_from_logs(logs: Any) -> int | None:
+    if not isinstance(logs, str):
+        return None
+    last = None
+    for last in _TQDM_LINE.finditer(logs):  # noqa: B007 - only the last match counts
+        pass
+    if last is None:
+        return None
+    return max(0, min(100, int(last.group(1))))
+
+
+def update_from_prediction(prediction: dict[str, Any], job: JobRef, source: str) -> JobStateUpdate:
+    external_id = require_str(prediction, "id")
+    raw_status = prediction.get("status")
+    status = _STATUS.get(raw_status) if isinstance(raw_status, str) else None
+    if status is None:
+        raise PayloadError(f"unknown Replicate status {raw_status!r:.40}")
+
+    progress = None
+    error_message = None
+    result = None
+    if raw_status == "starting":
+        progress = 0
+    elif raw_status == "processing":
+        progress = progress_from_logs(prediction.get("logs"))
+    elif raw_status == "failed":
+        error = prediction.get("error")
+        error_message = str(error) if error else "prediction failed"
+    elif raw_status in ("canceled", "aborted"):
+        error_message = raw_status
+    if prediction.get("output") is not None:
+        result = prediction["output"]
+
+    return JobStateUpdate(
+        job_id=job.job_id,
+        external_job_id=external_id,
+        status=status,
+        progress=progress,
+        result=result,
+        error_message=error_message,
+        provider=ReplicateProvider.name,
+        source=source,
+    )
+
+
+class ReplicateProvider(Provider):
+    name = "replicate"
+
+    @property
+    def base_url(self) -> str:
+        return (self.setting("_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+    @property
+    def api_token(self) -> str | None:
+        # REPLICATE_API_TOKEN is the name Replicate's own tools use.
+        return self.setting("_API_KEY") or self.environ.get("REPLICATE_API_TOKEN") or None
+
+    def external_id(self, payload: dict[str, Any]) -> str:
+        return require_str(payload, "id")
+
+    def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate:
+        return update_from_prediction(payload, job, SOURCE_WEBHOOK)

@@ -1,0 +1,43 @@
+"""The long-lived objects a process needs, built once from validated settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis
+
+from webhook_ingest import redis_client
+from webhook_ingest.config import Settings, load_settings
+from webhook_ingest.dead_letters import DeadLetters
+from webhook_ingest.delivery_claims import DeliveryClaims
+from webhook_ingest.jobs import JobRegistry
+from webhook_ingest.providers import Provider, load_providers
+from webhook_ingest.state import StateStore
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    state: StateStore
+    jobs: JobRegistry
+    claims: DeliveryClaims
+    dead_letters: DeadLetters
+    providers: dict[str, Provider]
+
+
+def build_services(
+    settings: Settings | None = None, environ: Mapping[str, str] | None = None
+) -> Services:
+    settings = settings or load_settings(environ)
+    client = redis_client.connect(settings.redis_url)
+    return Services(
+        settings=settings,
+        redis=client,
+        state=StateStore(client, applied_ttl_seconds=settings.dedup_ttl_seconds),
+        jobs=JobRegistry(client),
+        claims=DeliveryClaims(client, ttl_seconds=settings.dedup_ttl_seconds),
+        dead_letters=DeadLetters(client, ttl_seconds=settings.dead_letter_ttl_seconds),
+        providers=load_providers(settings, environ),
+    )
