@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from celery import Celery
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -14,7 +15,8 @@ from webhook_ingest.services import Services, build_services
 log = logging.getLogger(__name__)
 
 
-def create_app(services: Services | None = None) -> Flask:
+def create_app(services: Services | None = None, celery_app: Celery | None = None) -> Flask:
+    """Both arguments default to the ones the environment describes (tests pass others)."""
     services = services or build_services()
     settings = services.settings
 
@@ -26,7 +28,8 @@ def create_app(services: Services | None = None) -> Flask:
         # Only hops we were told about may set the client address.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)
 
-    from workers.celery_app import app as celery_app  # the receiver only publishes
+    if celery_app is None:
+        from workers.celery_app import app as celery_app  # the receiver only publishes
 
     app.extensions["webhook_ingest"] = services
     app.extensions["celery"] = celery_app

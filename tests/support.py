@@ -1,0 +1,227 @@
+"""Test helpers: signing as the providers do, waiting, private Redis servers, fake APIs.
+
+Signatures are made with the `standardwebhooks` package, never with the code
+under test, so a receiver bug cannot hide behind a matching signer bug.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import redis
+from standardwebhooks import Webhook
+
+
+def signed_headers(
+    secret: str,
+    body: bytes | str,
+    msg_id: str | None = None,
+    timestamp: float | None = None,
+) -> dict[str, str]:
+    """Headers a Standard Webhooks sender (OpenAI, Replicate) would send for `body`."""
+    text = body.decode() if isinstance(body, bytes) else body
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    moment = datetime.fromtimestamp(time.time() if timestamp is None else timestamp, tz=UTC)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(moment.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, moment, text),
+        "content-type": "application/json",
+    }
+
+
+def body_of(payload: Any) -> str:
+    return json.dumps(payload)
+
+
+def wait_for(condition, timeout: float = 15.0, interval: float = 0.05, message: str = ""):
+    """Poll until `condition()` is truthy; return its value or fail with `message`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of our own, for tests that stop or restart Redis."""
+
+    def __init__(self, *extra_args: str) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="wi-redis-")
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is needed for this test (make test installs it)"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                self.dir,
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _pings(client), timeout=10, message="private redis to start")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False
+
+
+class FakeProviderAPI:
+    """A real HTTP server playing a provider's API with the documented shapes.
+
+    `respond(path, status, body)` queues answers for a path (the last one repeats);
+    `requests` records what the code under test sent.
+    """
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[str, str], deque] = defaultdict(deque)
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                with fake._lock:
+                    fake.requests.append(
+                        {
+                            "method": self.command,
+                            "path": self.path,
+                            "headers": dict(self.headers),
+                            "json": json.loads(raw) if raw else None,
+                        }
+                    )
+                    queue = fake._answers.get((self.command, self.path))
+                    if not queue:
+                        status, body, headers = 404, {"error": "not found"}, {}
+                    elif len(queue) > 1:
+                        status, body, headers = queue.popleft()
+                    else:
+                        status, body, headers = queue[0]
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = _handle
+            do_POST = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> FakeProviderAPI:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def respond(self, method: str, path: str, *answers: tuple) -> None:
+        """Each answer is (status, body) or (status, body, headers)."""
+        with self._lock:
+            queue = self._answers[(method, path)]
+            queue.clear()
+            for answer in answers:
+                status, body, *rest = answer
+                queue.append((status, body, rest[0] if rest else {}))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._answers.clear()
+            self.requests.clear()
+
+    def calls(self, method: str, path: str) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if r["method"] == method and r["path"] == path)
+
+
+class Subscriber:
+    """Collects every message published on the given channels, in order."""
+
+    def __init__(self, client: redis.Redis, *channels: str) -> None:
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(*channels)
+        wait_for(lambda: self._subscribed(len(channels)), timeout=5, message="subscription")
+        self.messages: list[tuple[str, dict]] = []
+
+    def _subscribed(self, count: int) -> bool:
+        self.pubsub.get_message(timeout=0.05)
+        return len(self.pubsub.channels) == count and self.pubsub.subscribed
+
+    def drain(self, settle: float = 0.3) -> list[tuple[str, dict]]:
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.05)
+            if message:
+                channel = message["channel"]
+                channel = channel.decode() if isinstance(channel, bytes) else channel
+                self.messages.append((channel, json.loads(message["data"])))
+                deadline = time.monotonic() + settle
+        return self.messages
+
+    def close(self) -> None:
+        self.pubsub.close()
