@@ -390,16 +390,7 @@ REJECTIONS = [
     pytest.param(_case_unsigned_not_json, 401, id="unsigned-not-json"),
     # body over MAX_BODY_BYTES -> 413
     pytest.param(_case_too_large_with_content_length, 413, id="too-large-content-length"),
-    pytest.param(
-        _case_too_large_streamed,
-        413,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bug: a body without Content-Length over MAX_BODY_BYTES is silently "
-            "truncated by Werkzeug's LimitedStream.readall and answered 401, not 413",
-        ),
-        id="too-large-streamed",
-    ),
+    pytest.param(_case_too_large_streamed, 413, id="too-large-streamed"),
     # body not JSON / not an object -> 400
     pytest.param(_case_signed("not json at all " + canary()), 400, id="not-json"),
     pytest.param(_case_signed(""), 400, id="empty-body"),
@@ -478,10 +469,6 @@ def test_unconfigured_provider_is_404_and_writes_nothing(isolated, private_redis
         services.redis.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the JSON 405 handler drops the Allow header Werkzeug's MethodNotAllowed carries",
-)
 def test_405_says_which_method_is_allowed(isolated):
     response = isolated.client.get(f"/webhook/replicate/{JOB}")
 

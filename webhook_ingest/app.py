@@ -21,8 +21,10 @@ def create_app(services: Services | None = None, celery_app: Celery | None = Non
     settings = services.settings
 
     app = Flask(__name__)
-    # Werkzeug answers 413 from Content-Length, and stops a chunked body at the limit.
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit: Werkzeug answers 413 from Content-Length itself, but
+    # truncates a chunked body silently at the limit; reading one byte more lets
+    # the receiver tell "exactly the limit" from "too large" (receiver.read_body).
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False
     if settings.trusted_proxy_count:
         # Only hops we were told about may set the client address.

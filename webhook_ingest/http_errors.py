@@ -27,7 +27,11 @@ def register_error_handlers(app: Flask) -> None:
             404: "not found",
             405: "method not allowed",
         }
-        return error(exc.code or 500, messages.get(exc.code, exc.name.lower()))
+        response = error(exc.code or 500, messages.get(exc.code, exc.name.lower()))
+        allowed = dict(exc.get_headers()).get("Allow")
+        if allowed:  # a 405 must say what is allowed (RFC 9110)
+            response.headers["Allow"] = allowed
+        return response
 
     @app.errorhandler(redis.RedisError)
     def _redis_down(exc: redis.RedisError):

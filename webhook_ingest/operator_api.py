@@ -37,7 +37,9 @@ def readyz():
     try:
         celery_app = current_app.extensions["celery"]
         with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=READINESS_TIMEOUT_SECONDS)
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, timeout=READINESS_TIMEOUT_SECONDS
+            )
     except Exception as exc:
         problems["broker"] = type(exc).__name__
     if problems:
