@@ -1,0 +1,60 @@
+"""gunicorn settings for the receiver (`web` in the Procfile), all from the environment.
+
+`gunicorn -c gunicorn.conf.py webhook_ingest.wsgi:app`
+"""
+
+import multiprocessing
+import os
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        # Fail at start with the variable's name, like the rest of the service.
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+bind = f"0.0.0.0:{_int_env('PORT', 8000)}"
+
+# Requests spend their time waiting on Redis and the broker, not the CPU, so
+# more processes than cores keep the receiver answering while some wait.
+workers = _int_env("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count())
+threads = _int_env("WEB_THREADS", 1)
+worker_class = "gthread" if threads > 1 else "sync"
+
+# Providers give up on a webhook after a few seconds and retry; a request that
+# is still running after 30 s is stuck, and its worker is better replaced.
+timeout = 30
+# Shorter than the usual orchestrator grace period (30 s) so in-flight
+# deliveries finish and get their 2xx before the SIGKILL arrives.
+graceful_timeout = 20
+# Providers and proxies reuse connections for bursts of deliveries.
+keepalive = 5
+
+# Webhook URLs and provider headers are short; anything near these limits is
+# abuse, and refusing it in the parser costs less than reading it.
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
+# Every delivery passes here: an access log line per request is paid on the hot
+# path, so it is opt-in. Errors always go to stderr.
+accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") == "1" else None
+errorlog = "-"
+
+# No preload: the app's Redis and broker connections must be made in each
+# worker after the fork, never shared between processes through it.
+preload_app = False
+
+# Only these addresses may set X-Forwarded-* (scheme, client IP); the app's
+# own client-IP logic (TRUSTED_PROXY_COUNT) decides what the hops mean.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# gunicorn >= 25.1 opens a control socket at one path shared by every instance
+# of the user (~/.gunicorn/gunicorn.ctl), so a second gunicorn on the host (the
+# end-to-end tests, another checkout) would take it over. Operators use signals.
+control_socket_disable = True
