@@ -1,0 +1,46 @@
+# Developer entry points. Everything the service needs is installed from here.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# Records the last install; redone only when the package's metadata changes.
+STAMP := $(VENV)/.installed
+
+# Defaults for `make run`; the environment (or `make run PORT=9000`) wins.
+PORT ?= 8000
+REDIS_URL ?= redis://localhost:6379/0
+FLOWER_PORT ?= 5555
+export PORT REDIS_URL FLOWER_PORT
+
+# The tests' own database, so running them never touches `make run`'s data.
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
+export TEST_REDIS_URL
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+run: install
+	scripts/ensure-redis.sh
+	$(VENV)/bin/webhook-ingest check-config
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+
+test: install
+	REDIS_URL='$(TEST_REDIS_URL)' scripts/ensure-redis.sh --with-binary
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
