@@ -1,0 +1,131 @@
+"""Configuration from the environment (contract §2): defaults, validation, naming the variable.
+
+Every case passes its own environment dict to `load_settings`, so nothing here
+depends on (or changes) the test process's environment.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from webhook_ingest.config import ConfigError, load_settings
+
+
+@pytest.mark.parametrize(
+    ("attribute", "default"),
+    [
+        ("port", 8000),
+        ("redis_url", "redis://localhost:6379/0"),
+        ("broker_url", "redis://localhost:6379/0"),  # defaults to REDIS_URL
+        ("tolerance_seconds", 300),
+        ("trusted_proxy_count", 0),
+        ("max_body_bytes", 1_048_576),
+        ("orphan_after_seconds", 300),
+        ("orphan_poll_interval_seconds", 60),
+        ("webhook_base_url", "http://localhost:8000"),
+        ("admin_token", None),  # operator endpoints disabled
+    ],
+)
+def test_defaults_match_the_contract(attribute, default):
+    assert getattr(load_settings({}), attribute) == default
+
+
+def test_the_default_broker_visibility_timeout_is_at_most_120_seconds():
+    assert 0 < load_settings({}).broker_visibility_timeout_seconds <= 120
+
+
+def test_the_broker_defaults_to_the_configured_redis_url():
+    settings = load_settings({"REDIS_URL": "redis://cache.internal:6380/3"})
+
+    assert settings.broker_url == "redis://cache.internal:6380/3"
+
+
+def test_the_webhook_base_url_defaults_to_localhost_on_the_configured_port():
+    assert load_settings({"PORT": "9123"}).webhook_base_url == "http://localhost:9123"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "attribute", "expected"),
+    [
+        ("PORT", "8080", "port", 8080),
+        ("REDIS_URL", "rediss://user:pw@redis.example.com:6380/2", "redis_url", None),
+        ("CELERY_BROKER_URL", "amqp://guest:guest@rabbit:5672//", "broker_url", None),
+        ("CELERY_BROKER_URL", "redis://broker:6379/1", "broker_url", None),
+        ("WEBHOOK_TOLERANCE_SECONDS", "60", "tolerance_seconds", 60),
+        ("TRUSTED_PROXY_COUNT", "2", "trusted_proxy_count", 2),
+        ("MAX_BODY_BYTES", "65536", "max_body_bytes", 65536),
+        ("ORPHAN_AFTER_SECONDS", "900", "orphan_after_seconds", 900),
+        ("ORPHAN_POLL_INTERVAL_SECONDS", "15", "orphan_poll_interval_seconds", 15),
+        ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "120", "broker_visibility_timeout_seconds", 120),
+        ("WEBHOOK_BASE_URL", "https://hooks.example.com", "webhook_base_url", None),
+    ],
+)
+def test_valid_values_are_used(variable, value, attribute, expected):
+    settings = load_settings({variable: value})
+
+    assert getattr(settings, attribute) == (value if expected is None else expected)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "0"),
+        ("PORT", "70000"),
+        ("REDIS_URL", "http://x"),
+        ("REDIS_URL", "localhost:6379"),
+        ("CELERY_BROKER_URL", "ftp://x"),
+        ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "600"),
+        ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "ninety"),
+        ("WEBHOOK_TOLERANCE_SECONDS", "0"),
+        ("WEBHOOK_TOLERANCE_SECONDS", "-5"),
+        ("TRUSTED_PROXY_COUNT", "-1"),
+        ("MAX_BODY_BYTES", "1MB"),
+        ("ORPHAN_AFTER_SECONDS", "0"),
+        ("ORPHAN_POLL_INTERVAL_SECONDS", "often"),
+        ("WEBHOOK_BASE_URL", "not a url"),
+    ],
+)
+def test_a_bad_value_is_a_config_error_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({variable: value})
+
+
+def test_every_bad_variable_is_named_at_once():
+    with pytest.raises(ConfigError) as error:
+        load_settings({"PORT": "abc", "REDIS_URL": "http://x"})
+
+    assert "PORT" in str(error.value)
+    assert "REDIS_URL" in str(error.value)
+
+
+def test_a_config_error_does_not_echo_a_secret_value():
+    with pytest.raises(ConfigError) as error:
+        load_settings({"REDIS_URL": "http://user:hunter2-secret@x"})
+
+    assert "hunter2-secret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "attribute"),
+    [
+        ("PORT", "port"),
+        ("REDIS_URL", "redis_url"),
+        ("CELERY_BROKER_URL", "broker_url"),
+        ("WEBHOOK_TOLERANCE_SECONDS", "tolerance_seconds"),
+        ("MAX_BODY_BYTES", "max_body_bytes"),
+        ("WEBHOOK_BASE_URL", "webhook_base_url"),
+        ("ADMIN_TOKEN", "admin_token"),
+        ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "broker_visibility_timeout_seconds"),
+    ],
+)
+def test_an_empty_string_is_treated_as_unset(variable, attribute):
+    assert getattr(load_settings({variable: ""}), attribute) == getattr(
+        load_settings({}), attribute
+    )
+
+
+def test_unrelated_variables_are_ignored():
+    settings = load_settings({"HOME": "/root", "WEBHOOK_SECRET_OPENAI": "whsec_abc"})
+
+    assert settings == load_settings({})
