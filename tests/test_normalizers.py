@@ -298,11 +298,6 @@ def test_a_persistent_503_is_provider_unavailable_with_its_retry_after(openai, a
     assert api.calls("GET", RESPONSE_PATH) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: urllib3 sleeps any Retry-After (up to 6 h) inside the request; "
-    "backoff_max does not cap it",
-)
 def test_a_long_retry_after_is_left_to_the_task_not_slept_inside_the_request(openai, api):
     # provider_http: "a Retry-After longer than [backoff_max=5 s] is honoured by the
     # task's countdown instead" and "longer waits are not slept away inside a task".
@@ -353,11 +348,6 @@ def test_an_unknown_event_type_says_nothing_about_a_job_and_does_not_wait(openai
     assert api.requests == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: to_update requires data.id before looking at the type; "
-    "realtime.call.incoming carries data.call_id",
-)
 def test_a_realtime_call_incoming_event_as_openai_sends_it_is_accepted_not_an_error(openai):
     # OpenAI's documented payload for this event type: its data has call_id, not id.
     payload = {

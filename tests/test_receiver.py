@@ -399,6 +399,8 @@ REJECTIONS = [
     ),
     pytest.param(_case_signed(body_of("pred-x " + canary())), 400, id="json-string"),
     pytest.param(_case_signed("null"), 400, id="json-null"),
+    # JSON has no NaN; Python's parser would take it and JSON.parse downstream would not
+    pytest.param(_case_signed('{"id": "pred-x", "score": NaN}'), 400, id="json-nan"),
     pytest.param(_case_signed("42"), 400, id="json-number"),
     pytest.param(
         _case_signed(b'{"id": "pred-x", "status": "\xff\xfe starting"}'), 400, id="invalid-utf8"

@@ -224,9 +224,6 @@ def reject_non_json(constant):
     raise ValueError(f"{constant} is not JSON")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: a NaN/Infinity in a result is stored and broadcast as non-JSON"
-)
 @pytest.mark.parametrize("number", [float("nan"), float("inf")], ids=["NaN", "Infinity"])
 def test_the_stored_result_is_strict_json_even_for_non_finite_numbers(
     services, redis_client, job_id, number

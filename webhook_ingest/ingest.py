@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from webhook_ingest import strict_json
 from webhook_ingest.delivery import Delivery
 from webhook_ingest.jobs import JobNotFound
 from webhook_ingest.providers import PayloadError
@@ -41,7 +42,7 @@ class IngestResult:
 
 def parse_payload(body: str) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        payload = strict_json.loads(body)
     except ValueError:
         raise PayloadError("body is not JSON") from None
     if not isinstance(payload, dict):
@@ -55,10 +56,11 @@ def ingest(delivery: Delivery, services: Services) -> IngestResult:
     if provider is None:
         raise PayloadError(f"unknown provider {delivery.provider!r:.40}")
     payload = parse_payload(delivery.body)
-    external_id = provider.external_id(payload)
     try:
+        external_id = provider.external_id(payload)
         job = services.jobs.resolve(provider.name, delivery.job_id, external_id)
-    except JobNotFound:
+    except (PayloadError, JobNotFound):
+        # Event types we do not track may name no job at all: recorded, not errors.
         if provider.waits_for_mapping(payload):
             raise
         return _ignored(delivery, services, payload)

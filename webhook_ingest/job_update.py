@@ -6,12 +6,13 @@ already consumes from `job_progress:{job_id}` and `job_updates`.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from webhook_ingest import strict_json
 
 PROCESSING = "processing"
 COMPLETED = "completed"
@@ -67,6 +68,13 @@ class JobStateUpdateSchema(Schema):
     updated_at = fields.Integer(load_default=now_ms)
     source = fields.String(required=True, validate=validate.OneOf(SOURCES))
 
+    @validates("result")
+    def _result_is_json(self, value: Any, **_: object) -> None:
+        try:
+            strict_json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"result is not JSON: {exc}") from None
+
 
 _schema = JobStateUpdateSchema()
 
@@ -80,4 +88,4 @@ def result_json(result: Any) -> str | None:
     """`result` is stored and broadcast as JSON text (contract section 4)."""
     if result is None:
         return None
-    return json.dumps(result, separators=(",", ":"), sort_keys=True)
+    return strict_json.dumps(result)

@@ -15,6 +15,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from webhook_ingest import strict_json
+
 CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -39,14 +41,16 @@ class ProviderNotFound(ProviderError):
 
 def make_session(auth_header: str | None, user_agent: str = "webhook-ingest") -> requests.Session:
     session = requests.Session()
+    # 429 is not retried here: its Retry-After may be minutes, which must become a
+    # task countdown, not a sleep that holds a worker past the visibility timeout.
     retry = Retry(
         total=1,
         backoff_factor=0.5,
         backoff_jitter=0.25,
-        status_forcelist=RETRY_STATUSES,
+        status_forcelist=(500, 502, 503, 504),
         allowed_methods=frozenset({"GET", "HEAD"}),
-        respect_retry_after_header=True,
-        # a Retry-After longer than this is honoured by the task's countdown instead
+        # A 5xx's Retry-After is left to the task's countdown for the same reason.
+        respect_retry_after_header=False,
         backoff_max=5,
         raise_on_status=False,
     )
@@ -81,7 +85,7 @@ def _checked_json(response: requests.Response) -> dict:
     if status >= 400:
         raise ProviderError(f"provider answered {status}")
     try:
-        body = response.json()
+        body = strict_json.loads(response.content)
     except ValueError:
         raise ProviderError("provider answered with something that is not JSON") from None
     if not isinstance(body, dict):

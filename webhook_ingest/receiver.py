@@ -6,13 +6,13 @@ worker does that, with retries). 2xx only once the broker holds the delivery.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from webhook_ingest import strict_json
 from webhook_ingest.delivery import Delivery, kept_headers
 from webhook_ingest.delivery_claims import Claim
 from webhook_ingest.enqueue import EnqueueFailed, enqueue
@@ -47,7 +47,7 @@ def receive(provider: str, job_id: str | None = None):
 
     try:
         text = body.decode("utf-8")
-        payload = json.loads(text)
+        payload = strict_json.loads(text)
     except ValueError:
         return error(400, "body is not JSON")
     if not isinstance(payload, dict):

@@ -105,6 +105,8 @@ class OpenAIProvider(Provider):
 
     def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate | None:
         event_type = require_str(payload, "type")
+        if event_type not in _EVENT_STATUS and not event_type.startswith("response."):
+            return None  # recorded by the caller, not an error: OpenAI adds event types
         object_id = self.external_id(payload)
         if event_type.startswith("response."):
             try:
