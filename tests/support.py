@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import redis
+from celery import Celery
 from standardwebhooks import Webhook
 
 
@@ -225,3 +226,20 @@ class Subscriber:
 
     def close(self) -> None:
         self.pubsub.close()
+
+
+def celery_for(broker_url: str) -> Celery:
+    """A publishing Celery app on `broker_url`, configured as the receiver's.
+
+    Celery prefers the CELERY_BROKER_URL environment variable (set by conftest)
+    over `conf.broker_url`, so the write/read URLs, which win over it, are set too.
+    """
+    import celeryconfig
+
+    celery_app = Celery("tests", set_as_current=False)
+    celery_app.config_from_object(celeryconfig)
+    celery_app.conf.broker_url = broker_url
+    celery_app.conf.broker_write_url = broker_url
+    celery_app.conf.broker_read_url = broker_url
+    assert celery_app.connection_for_write().as_uri(include_password=True) == broker_url
+    return celery_app

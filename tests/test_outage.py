@@ -18,11 +18,9 @@ import uuid
 
 import pytest
 import redis
-from celery import Celery
 
-import celeryconfig
 from tests.conftest import REPLICATE_SECRET
-from tests.support import PrivateRedis, body_of, signed_headers
+from tests.support import PrivateRedis, body_of, celery_for, signed_headers
 from webhook_ingest import keys
 from webhook_ingest.app import create_app
 from webhook_ingest.services import build_services
@@ -31,21 +29,6 @@ QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 # The design answers within about a second (bounded connect timeouts and publish
 # retries); this only proves the answer is bounded, not fast.
 BOUND_SECONDS = 5.0
-
-
-def celery_for(broker_url: str) -> Celery:
-    """A publishing Celery app on `broker_url`, configured as the receiver's.
-
-    Celery prefers the CELERY_BROKER_URL environment variable (set by conftest)
-    over `conf.broker_url`, so the write/read URLs, which win over it, are set too.
-    """
-    celery_app = Celery("outage-tests", set_as_current=False)
-    celery_app.config_from_object(celeryconfig)
-    celery_app.conf.broker_url = broker_url
-    celery_app.conf.broker_write_url = broker_url
-    celery_app.conf.broker_read_url = broker_url
-    assert celery_app.connection_for_write().as_uri(include_password=True) == broker_url
-    return celery_app
 
 
 class Receiver:

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from celery import Celery
 from standardwebhooks.webhooks import Webhook, hmac_data
 
-import celeryconfig
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
-from tests.support import PrivateRedis, Subscriber, body_of, signed_headers, wait_for
+from tests.support import PrivateRedis, Subscriber, body_of, celery_for, signed_headers, wait_for
 from webhook_ingest import keys
 from webhook_ingest.app import create_app
 from webhook_ingest.services import build_services
@@ -60,21 +58,6 @@ def private_redis():
     server = PrivateRedis().start()
     yield server
     server.cleanup()
-
-
-def celery_for(broker_url: str) -> Celery:
-    """A publishing Celery app on `broker_url`, configured as the receiver's.
-
-    Celery prefers the CELERY_BROKER_URL environment variable (set by conftest)
-    over `conf.broker_url`, so the write/read URLs, which win over it, are set too.
-    """
-    celery_app = Celery("receiver-tests", set_as_current=False)
-    celery_app.config_from_object(celeryconfig)
-    celery_app.conf.broker_url = broker_url
-    celery_app.conf.broker_write_url = broker_url
-    celery_app.conf.broker_read_url = broker_url
-    assert celery_app.connection_for_write().as_uri(include_password=True) == broker_url
-    return celery_app
 
 
 def build_app(environ: dict[str, str], broker_url: str):
