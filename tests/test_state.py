@@ -299,11 +299,11 @@ def test_a_job_mapped_by_another_service_is_live_until_terminal(apply, redis_cli
     )
 
     apply(update(job_id, progress=5, at=T0 + 7))
-    live_while_running = redis_client.zscore(keys.LIVE_JOBS, job_id)
+    live_while_running = redis_client.zscore(keys.live_jobs("replicate"), job_id)
     apply(update(job_id, C, at=T0 + 8))
 
     assert live_while_running == T0 + 7
-    assert redis_client.zscore(keys.LIVE_JOBS, job_id) is None
+    assert redis_client.zscore(keys.live_jobs("replicate"), job_id) is None
 
 
 @pytest.mark.parametrize("status", [C, F])
@@ -312,17 +312,17 @@ def test_a_registered_job_leaves_the_live_index_when_terminal(
 ):
     services.jobs.register(job_id, "replicate", "pred_1")
     apply(update(job_id, progress=5))
-    assert redis_client.zscore(keys.LIVE_JOBS, job_id) is not None
+    assert redis_client.zscore(keys.live_jobs("replicate"), job_id) is not None
 
     apply(update(job_id, status, at=T0 + 1))
 
-    assert redis_client.zscore(keys.LIVE_JOBS, job_id) is None
+    assert redis_client.zscore(keys.live_jobs("replicate"), job_id) is None
 
 
 def test_a_job_without_mapping_is_not_added_to_the_live_index(apply, redis_client, job_id):
     apply(update(job_id, progress=5))
 
-    assert redis_client.zscore(keys.LIVE_JOBS, job_id) is None
+    assert redis_client.zscore(keys.live_jobs("replicate"), job_id) is None
 
 
 # -- broadcasts ------------------------------------------------------------------------

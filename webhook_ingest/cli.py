@@ -29,7 +29,9 @@ def check_config() -> None:
     """Validate the environment and say which providers accept deliveries."""
     services = _services()
     for name, provider in sorted(services.providers.items()):
-        if provider.enabled:
+        if not provider.supports_webhooks():
+            click.echo(f"provider {name}: poll only (the provider sends no webhooks)")
+        elif provider.enabled:
             click.echo(f"provider {name}: enabled ({provider.verifier.scheme})")
         else:
             click.echo(

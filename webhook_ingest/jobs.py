@@ -62,7 +62,7 @@ class JobRegistry:
             keys=[
                 keys.job_mapping(job_id),
                 keys.external_index(provider, external_job_id),
-                keys.LIVE_JOBS,
+                keys.live_jobs(provider),
                 keys.job_state(job_id),
             ],
             args=[job_id, provider, external_job_id, now_ms()],

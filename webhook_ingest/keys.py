@@ -16,7 +16,20 @@ def progress_channel(job_id: str) -> str:
 UPDATES_CHANNEL = "job_updates"
 
 # Ours: not read by other services, free to change with a migration note.
-LIVE_JOBS = "webhook_ingest:live_jobs"  # zset job_id -> last activity (ms), non-terminal only
+
+
+def live_jobs(provider: str) -> str:
+    """Non-terminal jobs of one provider, scored by when they were last heard of (ms).
+
+    The orphan poller reads only the stale end of these (ZRANGEBYSCORE), so a
+    tick costs what the stale jobs cost, not what the keyspace holds; one zset
+    per provider lets it bound the polls per provider.
+    """
+    return f"webhook_ingest:live_jobs:{provider}"
+
+
+POLL_FAILURES = "webhook_ingest:poll_failures"  # hash job_id -> consecutive failed polls
+ADOPTION_CURSOR = "webhook_ingest:adoption_cursor"  # SCAN cursor over job_mapping:*
 
 
 def applied_deliveries(job_id: str) -> str:

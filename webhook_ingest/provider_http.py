@@ -74,6 +74,25 @@ def get_json(session: requests.Session, url: str) -> tuple[int, dict]:
     return response.status_code, _checked_json(response)
 
 
+def post_json(session: requests.Session, url: str, **kwargs) -> dict:
+    """POST and return the JSON object answered. Never retried on an answer: a submit
+    whose response was lost may still have started a job (urllib3 only retries a
+    connection that was never made)."""
+    try:
+        response = session.post(
+            url,
+            timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+            headers={"Accept": "application/json"},
+            **kwargs,
+        )
+    except requests.ConnectionError as exc:
+        raise ProviderUnavailable(f"{type(exc).__name__} calling provider") from None
+    except requests.RequestException as exc:
+        # A timeout after sending: the provider may have the job. Not retryable blindly.
+        raise ProviderError(f"{type(exc).__name__} calling provider; the job may exist") from None
+    return _checked_json(response)
+
+
 def _checked_json(response: requests.Response) -> dict:
     status = response.status_code
     if status == 404:

@@ -131,7 +131,7 @@ class StateStore:
                 keys.job_state(job_id),
                 keys.job_mapping(job_id),
                 keys.applied_deliveries(job_id),
-                keys.LIVE_JOBS,
+                keys.live_jobs(update.provider),
             ],
             args=[
                 job_id,

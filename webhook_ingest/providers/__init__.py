@@ -5,13 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from webhook_ingest.config import Settings
-from webhook_ingest.providers.base import JobRef, PayloadError, Provider
+from webhook_ingest.providers.base import (
+    JobRef,
+    JobRequest,
+    PayloadError,
+    Provider,
+    WebhookCapableConnector,
+    WebhookConfig,
+)
 from webhook_ingest.providers.openai import OpenAIProvider
 from webhook_ingest.providers.replicate import ReplicateProvider
+from webhook_ingest.providers.stability import StabilityProvider
 
 PROVIDER_CLASSES: dict[str, type[Provider]] = {
     OpenAIProvider.name: OpenAIProvider,
     ReplicateProvider.name: ReplicateProvider,
+    StabilityProvider.name: StabilityProvider,
 }
 
 
@@ -22,4 +31,13 @@ def load_providers(
     return {name: cls(settings, environ) for name, cls in PROVIDER_CLASSES.items()}
 
 
-__all__ = ["JobRef", "PayloadError", "Provider", "load_providers", "PROVIDER_CLASSES"]
+__all__ = [
+    "JobRef",
+    "JobRequest",
+    "PayloadError",
+    "Provider",
+    "WebhookCapableConnector",
+    "WebhookConfig",
+    "load_providers",
+    "PROVIDER_CLASSES",
+]

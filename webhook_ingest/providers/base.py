@@ -1,8 +1,9 @@
 """What a provider module provides. One provider = one module + one registry line.
 
 A provider knows how its deliveries are verified, which of its ids a payload
-names, how a payload becomes a `JobStateUpdate`, and (for the connectors and the
-orphan poller) how to ask its API about a job.
+names, how a payload becomes a `JobStateUpdate`, and — as the seed's
+`WebhookCapableConnector` — how a job is submitted with the right webhook
+configuration and how its status is polled when the webhook never came.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import requests
+
+from webhook_ingest import provider_http
 from webhook_ingest.config import Settings
 from webhook_ingest.job_update import JobStateUpdate
 from webhook_ingest.verification import StandardWebhooksVerifier
@@ -29,17 +33,81 @@ class JobRef:
     external_job_id: str | None
 
 
+@dataclass(frozen=True)
+class WebhookConfig:
+    """What a submit request tells the provider about calling us back."""
+
+    url: str
+    events: tuple[str, ...]
+    auth: str  # how the provider proves a delivery: the verification scheme
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A job to submit: our id plus the provider-specific request (model, input, ...)."""
+
+    job_id: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class WebhookCapableConnector(abc.ABC):
+    """The seed's connector interface, in Python."""
+
+    @abc.abstractmethod
+    def supports_webhooks(self) -> bool: ...
+
+    @abc.abstractmethod
+    def get_webhook_config(self, job_id: str) -> WebhookConfig | None: ...
+
+    @abc.abstractmethod
+    def submit(self, job: JobRequest) -> str:
+        """Start the job at the provider; return the provider's id for it."""
+
+    @abc.abstractmethod
+    def poll_job_status(self, job: JobRef) -> JobStateUpdate:
+        """Ask the provider where the job stands (source `orphan_poll`).
+
+        Raises provider_http.ProviderNotFound / ProviderUnavailable / ProviderError.
+        """
+
+
 def env_name(provider: str, prefix: str = "", suffix: str = "") -> str:
     return f"{prefix}{provider.upper()}{suffix}"
 
 
-class Provider(abc.ABC):
+class Provider(WebhookCapableConnector):
     name: ClassVar[str]
+    default_base_url: ClassVar[str]
+    _session: requests.Session | None = None
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
-        self.verifier = self._build_verifier()
+        self.verifier = self._build_verifier() if self.supports_webhooks() else None
+
+    def supports_webhooks(self) -> bool:
+        return True
+
+    # -- the provider's API -----------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return (self.setting("_BASE_URL") or self.default_base_url).rstrip("/")
+
+    @property
+    def api_key(self) -> str | None:
+        return self.setting("_API_KEY")
+
+    @property
+    def session(self) -> requests.Session:
+        """One HTTP session per provider and process: connection reuse, one retry policy."""
+        if self._session is None:
+            key = self.api_key
+            self._session = provider_http.make_session(f"Bearer {key}" if key else None)
+        return self._session
+
+    def webhook_url(self, *path: str) -> str:
+        return "/".join((self.settings.webhook_base_url, "webhook", self.name, *path))
 
     # -- receiving --------------------------------------------------------------
 

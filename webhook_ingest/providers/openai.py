@@ -11,15 +11,33 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import requests
-
 from webhook_ingest import provider_http
-from webhook_ingest.job_update import COMPLETED, FAILED, PROCESSING, SOURCE_WEBHOOK, JobStateUpdate
-from webhook_ingest.providers.base import JobRef, PayloadError, Provider, require_str
+from webhook_ingest.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    JobStateUpdate,
+)
+from webhook_ingest.providers.base import (
+    JobRef,
+    JobRequest,
+    PayloadError,
+    Provider,
+    WebhookConfig,
+    require_str,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# The events a project's webhook endpoint should subscribe to for our jobs.
+WEBHOOK_EVENTS = (
+    "response.completed",
+    "response.failed",
+    "response.cancelled",
+    "response.incomplete",
+)
 
 # Events whose object is not a response: the event type is the whole story.
 _EVENT_STATUS: dict[str, tuple[str, str | None]] = {
@@ -80,18 +98,7 @@ def update_from_response(response: dict[str, Any], job: JobRef, source: str) -> 
 
 class OpenAIProvider(Provider):
     name = "openai"
-    _session: requests.Session | None = None
-
-    @property
-    def base_url(self) -> str:
-        return (self.setting("_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-
-    @property
-    def session(self) -> requests.Session:
-        if self._session is None:
-            key = self.setting("_API_KEY")
-            self._session = provider_http.make_session(f"Bearer {key}" if key else None)
-        return self._session
+    default_base_url = "https://api.openai.com/v1"
 
     def external_id(self, payload: dict[str, Any]) -> str:
         return require_str(payload, "data", "id")
@@ -128,4 +135,26 @@ class OpenAIProvider(Provider):
             error_message=error_message,
             provider=self.name,
             source=SOURCE_WEBHOOK,
+        )
+
+    # -- connector --------------------------------------------------------------
+
+    def get_webhook_config(self, job_id: str) -> WebhookConfig:
+        # OpenAI webhooks are configured per project (dashboard or
+        # /v1/webhook_endpoints), not per request: one URL for every job.
+        return WebhookConfig(
+            url=self.webhook_url(), events=WEBHOOK_EVENTS, auth="standard-webhooks"
+        )
+
+    def submit(self, job: JobRequest) -> str:
+        """POST /responses in background mode, our job id in the metadata."""
+        params = dict(job.params)
+        metadata = {**params.pop("metadata", {}), "job_id": job.job_id}
+        body = {**params, "background": True, "metadata": metadata}
+        response = provider_http.post_json(self.session, f"{self.base_url}/responses", json=body)
+        return require_str(response, "id")
+
+    def poll_job_status(self, job: JobRef) -> JobStateUpdate:
+        return update_from_response(
+            self.fetch_response(job.external_job_id), job, SOURCE_ORPHAN_POLL
         )

@@ -3,6 +3,8 @@
 The payload is the prediction object itself (same as GET /predictions/{id}).
 `output`/`logs` events are throttled and may arrive out of order; the state
 function ignores anything after a terminal status, so this module only maps.
+Inputs, outputs and logs of API predictions are deleted after an hour, which is
+why an orphan is polled within minutes, not hours.
 """
 
 from __future__ import annotations
@@ -10,10 +12,23 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from webhook_ingest.job_update import COMPLETED, FAILED, PROCESSING, SOURCE_WEBHOOK, JobStateUpdate
-from webhook_ingest.providers.base import JobRef, PayloadError, Provider, require_str
-
-DEFAULT_BASE_URL = "https://api.replicate.com/v1"
+from webhook_ingest import provider_http
+from webhook_ingest.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    JobStateUpdate,
+)
+from webhook_ingest.providers.base import (
+    JobRef,
+    JobRequest,
+    PayloadError,
+    Provider,
+    WebhookConfig,
+    require_str,
+)
 
 # The official client's tqdm pattern (replicate/prediction.py); last match wins.
 _TQDM_LINE = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)", re.MULTILINE)
@@ -26,6 +41,8 @@ _STATUS = {
     "canceled": FAILED,
     "aborted": FAILED,
 }
+
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 
 
 def progress_from_logs(logs: Any) -> int | None:
@@ -75,18 +92,45 @@ def update_from_prediction(prediction: dict[str, Any], job: JobRef, source: str)
 
 class ReplicateProvider(Provider):
     name = "replicate"
+    default_base_url = "https://api.replicate.com/v1"
 
     @property
-    def base_url(self) -> str:
-        return (self.setting("_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-
-    @property
-    def api_token(self) -> str | None:
+    def api_key(self) -> str | None:
         # REPLICATE_API_TOKEN is the name Replicate's own tools use.
         return self.setting("_API_KEY") or self.environ.get("REPLICATE_API_TOKEN") or None
+
+    # -- receiving --------------------------------------------------------------
 
     def external_id(self, payload: dict[str, Any]) -> str:
         return require_str(payload, "id")
 
     def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate:
         return update_from_prediction(payload, job, SOURCE_WEBHOOK)
+
+    # -- connector --------------------------------------------------------------
+
+    def get_webhook_config(self, job_id: str) -> WebhookConfig:
+        return WebhookConfig(
+            url=self.webhook_url(job_id), events=WEBHOOK_EVENTS, auth="standard-webhooks"
+        )
+
+    def submit(self, job: JobRequest) -> str:
+        """POST /predictions with a version, or /models/{owner}/{name}/predictions."""
+        params = dict(job.params)
+        model = params.pop("model", None)
+        if model:
+            url = f"{self.base_url}/models/{model}/predictions"
+        elif params.get("version"):
+            url = f"{self.base_url}/predictions"
+        else:
+            raise ValueError("a Replicate job needs 'version' or 'model' (owner/name)")
+        config = self.get_webhook_config(job.job_id)
+        body = {**params, "webhook": config.url, "webhook_events_filter": list(config.events)}
+        prediction = provider_http.post_json(self.session, url, json=body)
+        return require_str(prediction, "id")
+
+    def poll_job_status(self, job: JobRef) -> JobStateUpdate:
+        _, prediction = provider_http.get_json(
+            self.session, f"{self.base_url}/predictions/{job.external_job_id}"
+        )
+        return update_from_prediction(prediction, job, SOURCE_ORPHAN_POLL)

@@ -1,0 +1,86 @@
+"""Stability AI: no webhooks at all, so a job is recovered by polling only.
+
+Async generations answer `{"id": ...}`; `GET {base}/v2beta/results/{id}` (with
+`Accept: application/json`) answers 202 while running, 200 with the base64
+artifact and a `finish_reason` when done (CONTENT_FILTERED is a failure), 404
+when unknown or expired (results are kept 24 hours).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webhook_ingest import provider_http
+from webhook_ingest.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    JobStateUpdate,
+)
+from webhook_ingest.providers.base import (
+    JobRef,
+    JobRequest,
+    PayloadError,
+    Provider,
+    WebhookConfig,
+    require_str,
+)
+
+
+class StabilityProvider(Provider):
+    name = "stability"
+    default_base_url = "https://api.stability.ai"
+
+    def supports_webhooks(self) -> bool:
+        return False
+
+    def get_webhook_config(self, job_id: str) -> WebhookConfig | None:
+        return None
+
+    # Nothing is ever received from Stability: the receiver answers 404 before
+    # these could be reached, and they say so if called anyway.
+    def external_id(self, payload: dict[str, Any]) -> str:
+        raise PayloadError("Stability AI sends no webhooks")
+
+    def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate | None:
+        raise PayloadError("Stability AI sends no webhooks")
+
+    def submit(self, job: JobRequest) -> str:
+        """POST a multipart generation request to `params["endpoint"]` (e.g.
+        `/v2beta/image-to-video`); `params["data"]` are form fields and
+        `params["files"]` file parts, as requests takes them."""
+        endpoint = job.params.get("endpoint")
+        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+            raise ValueError("a Stability job needs 'endpoint', a path such as /v2beta/...")
+        answer = provider_http.post_json(
+            self.session,
+            f"{self.base_url}{endpoint}",
+            data=job.params.get("data") or {},
+            # multipart even without files, as the API requires
+            files=job.params.get("files") or {"none": ""},
+        )
+        return require_str(answer, "id")
+
+    def poll_job_status(self, job: JobRef) -> JobStateUpdate:
+        status, body = provider_http.get_json(
+            self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
+        )
+        if status == 202:
+            return self._update(job, PROCESSING)
+        finish_reason = body.get("finish_reason")
+        if finish_reason == "SUCCESS":
+            return self._update(job, COMPLETED, result=body)
+        if finish_reason == "CONTENT_FILTERED":
+            return self._update(job, FAILED, error_message="content filtered")
+        raise PayloadError(f"unknown Stability finish_reason {finish_reason!r:.40}")
+
+    def _update(self, job: JobRef, status: str, **fields: Any) -> JobStateUpdate:
+        return JobStateUpdate(
+            job_id=job.job_id,
+            external_job_id=job.external_job_id,
+            status=status,
+            provider=self.name,
+            source=SOURCE_ORPHAN_POLL,
+            **fields,
+        )
