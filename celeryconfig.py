@@ -84,6 +84,40 @@ task_create_missing_queues = True
 worker_send_task_events = True
 task_send_sent_event = False
 
+# -- beat: one active scheduler ------------------------------------------------
+# Two ordinary beats would double every schedule. RedBeat keeps the schedule in
+# Redis and lets only the holder of a lock run it; a second beat waits as a hot
+# standby and takes over when the lock expires (within redbeat_lock_timeout
+# after the active one dies).
+beat_scheduler = "redbeat.RedBeatScheduler"
+redbeat_redis_url = _settings.redis_url
+redbeat_key_prefix = "webhook_ingest:redbeat"
+beat_max_loop_interval = 5
+redbeat_lock_timeout = 30
+# Short socket timeouts so a Redis outage is noticed, and reconnection attempts
+# for up to five minutes before beat gives up and its supervisor restarts it.
+redbeat_redis_options = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "health_check_interval": 30,
+    "retry_period": 300,
+}
+
+_interval = _settings.orphan_poll_interval_seconds
+beat_schedule = {
+    "poll-orphans": {
+        "task": "webhook_ingest.poll_orphans",
+        "schedule": _interval,
+        # a tick that waited longer than an interval is stale: the next one replaces it
+        "options": {"expires": _interval},
+    },
+    "adopt-mappings": {
+        "task": "webhook_ingest.adopt_mappings",
+        "schedule": _interval,
+        "options": {"expires": _interval},
+    },
+}
+
 worker_hijack_root_logger = False
 timezone = "UTC"
 enable_utc = True

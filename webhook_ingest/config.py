@@ -36,6 +36,9 @@ class Settings:
     webhook_base_url: str
     orphan_after_seconds: int
     orphan_poll_interval_seconds: int
+    orphan_polls_per_minute: int
+    orphan_not_found_grace_seconds: int
+    adoption_scan_budget: int
     broker_visibility_timeout_seconds: int
     dedup_ttl_seconds: int
     unmatched_retry_seconds: int
@@ -77,6 +80,12 @@ class SettingsSchema(Schema):
     )
     orphan_after_seconds = _int("ORPHAN_AFTER_SECONDS", 300, _positive)
     orphan_poll_interval_seconds = _int("ORPHAN_POLL_INTERVAL_SECONDS", 60, _positive)
+    # Per provider: a thousand orphans must not hammer one API.
+    orphan_polls_per_minute = _int("ORPHAN_POLLS_PER_MINUTE", 120, _positive)
+    # A provider may not know a job it just accepted; after this a 404 is final.
+    orphan_not_found_grace_seconds = _int("ORPHAN_NOT_FOUND_GRACE_SECONDS", 600, validate.Range(0))
+    # Keys of the keyspace examined per tick when adopting mappings other services wrote.
+    adoption_scan_budget = _int("ADOPTION_SCAN_BUDGET", 50_000, validate.Range(min=100))
     broker_visibility_timeout_seconds = _int(
         "BROKER_VISIBILITY_TIMEOUT_SECONDS", 90, validate.Range(10, MAX_VISIBILITY_TIMEOUT_SECONDS)
     )

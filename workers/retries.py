@@ -16,9 +16,13 @@ import celeryconfig
 PROVIDER_MAX_ATTEMPTS = 12
 
 
+def max_countdown() -> float:
+    return celeryconfig.MAX_RETRY_COUNTDOWN
+
+
 def countdown(retries: int, hint: float | None = None) -> float:
     """Exponential backoff with full jitter, honouring a provider's Retry-After."""
-    cap = celeryconfig.MAX_RETRY_COUNTDOWN
+    cap = max_countdown()
     base = min(cap, 2**retries)
     wait = random.uniform(base / 2, base)
     if hint is not None:

@@ -12,6 +12,7 @@ from webhook_ingest.delivery import Delivery
 from webhook_ingest.enqueue import INGEST_TASK
 from webhook_ingest.ingest import ingest
 from webhook_ingest.jobs import JobMismatch, JobNotFound
+from webhook_ingest.orphans import OrphanPoller
 from webhook_ingest.provider_http import ProviderError, ProviderUnavailable
 from webhook_ingest.providers import PayloadError
 from workers import retries
@@ -69,3 +70,51 @@ def _park(delivery: Delivery, reason: str, error: Exception, attempts: int) -> s
         extra={"provider": delivery.provider, "delivery_id": delivery.delivery_id},
     )
     return "parked"
+
+
+# -- orphan recovery (scheduled by beat) ---------------------------------------
+
+POLL_ORPHANS_TASK = "webhook_ingest.poll_orphans"
+POLL_JOB_TASK = "webhook_ingest.poll_job"
+ADOPT_MAPPINGS_TASK = "webhook_ingest.adopt_mappings"
+
+
+@app.task(name=POLL_ORPHANS_TASK)
+def poll_orphans() -> dict[str, int]:
+    """One tick: enqueue one poll per stale job, at most the per-provider budget."""
+    svc = services()
+    poller = OrphanPoller(svc)
+    interval = svc.settings.orphan_poll_interval_seconds
+    spacing = 60 / svc.settings.orphan_polls_per_minute
+    enqueued = {}
+    for provider, job_ids in poller.take_due().items():
+        for index, job_id in enumerate(job_ids):
+            poll_job.apply_async(
+                args=[provider, job_id],
+                # spread over the interval (within the countdown cap) to honour the rate
+                countdown=min(index * spacing, retries.max_countdown()),
+                # a poll nobody ran in time is dropped: the next tick asks again
+                expires=interval,
+            )
+        enqueued[provider] = len(job_ids)
+        log.info("orphan poll tick: %d %s jobs to poll", len(job_ids), provider)
+    return enqueued
+
+
+@app.task(name=POLL_JOB_TASK, bind=True, max_retries=3)
+def poll_job(self, provider: str, job_id: str) -> str:
+    try:
+        outcome = OrphanPoller(services()).poll(provider, job_id)
+    except redis.RedisError as exc:
+        raise self.retry(countdown=retries.countdown(self.request.retries)) from exc
+    log.info("orphan poll %s", outcome.value, extra={"provider": provider, "job_id": job_id})
+    return outcome.value
+
+
+@app.task(name=ADOPT_MAPPINGS_TASK)
+def adopt_mappings() -> int:
+    """Index mappings written directly by other services (plain HSET)."""
+    adoption = OrphanPoller(services()).adopt()
+    if adoption.adopted:
+        log.info("adopted %d job mappings", adoption.adopted)
+    return adoption.adopted

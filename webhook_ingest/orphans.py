@@ -1,0 +1,218 @@
+"""Recovering jobs whose webhook never came: find them, ask the provider, apply.
+
+A job is live while it is not terminal; its score in the provider's live index
+is when we last heard of it. A tick takes the stale end of each index (score
+older than ORPHAN_AFTER_SECONDS), at most the provider's poll budget, and moves
+those jobs one interval forward in the same atomic step, so each stale job is
+polled once per interval however many ticks or beats run. The cost of a tick
+grows with the stale jobs it returns, not with the jobs tracked.
+
+Mappings that other services wrote with a plain HSET are adopted into the
+indexes by walking the keyspace incrementally (SCAN, a budget per tick).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from dataclasses import dataclass
+
+from webhook_ingest import keys
+from webhook_ingest.job_update import FAILED, SOURCE_ORPHAN_POLL, TERMINAL_STATUSES, JobStateUpdate
+from webhook_ingest.job_update import now_ms as _now_ms
+from webhook_ingest.provider_http import ProviderError, ProviderNotFound, ProviderUnavailable
+from webhook_ingest.providers import JobRef, PayloadError
+from webhook_ingest.services import Services
+from webhook_ingest.state import Outcome
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 3600
+SCAN_BATCH = 1000
+
+_TAKE_DUE_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id)
+end
+return ids
+"""
+
+
+class PollOutcome(enum.StrEnum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    FINISHED = "finished"  # already terminal here: left the live index
+    FORGOTTEN = "forgotten"  # no mapping any more: left the live index
+    NOT_FOUND = "not_found"  # the provider no longer knows it: failed
+    BACKING_OFF = "backing_off"  # provider error: asked again later
+
+
+@dataclass(frozen=True)
+class Adoption:
+    scanned: int
+    adopted: int
+    cursor: int
+
+
+class OrphanPoller:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._redis = services.redis
+        self._take_due = self._redis.register_script(_TAKE_DUE_LUA)
+        settings = services.settings
+        self.interval_ms = settings.orphan_poll_interval_seconds * 1000
+        self.orphan_after_ms = settings.orphan_after_seconds * 1000
+        self.polls_per_tick = max(
+            1,
+            math.floor(
+                settings.orphan_polls_per_minute * settings.orphan_poll_interval_seconds / 60
+            ),
+        )
+
+    @property
+    def pollable_providers(self) -> list[str]:
+        return sorted(self._services.providers)
+
+    # -- the tick ---------------------------------------------------------------
+
+    def take_due(self, now_ms: int | None = None) -> dict[str, list[str]]:
+        """Stale jobs per provider, each rescheduled one interval ahead."""
+        now = _now_ms() if now_ms is None else now_ms
+        cutoff = now - self.orphan_after_ms
+        # Due again after one interval unless an update arrives meanwhile.
+        next_score = cutoff + self.interval_ms
+        due = {}
+        for provider in self.pollable_providers:
+            ids = self._take_due(
+                keys=[keys.live_jobs(provider)], args=[cutoff, self.polls_per_tick, next_score]
+            )
+            if ids:
+                due[provider] = ids
+        return due
+
+    # -- one job ----------------------------------------------------------------
+
+    def poll(self, provider_name: str, job_id: str, now_ms: int | None = None) -> PollOutcome:
+        now = _now_ms() if now_ms is None else now_ms
+        live = keys.live_jobs(provider_name)
+        mapping = self._services.jobs.mapping(job_id)
+        if not mapping or mapping.get("provider") != provider_name:
+            self._redis.zrem(live, job_id)
+            return PollOutcome.FORGOTTEN
+        if self._redis.hget(keys.job_state(job_id), "status") in TERMINAL_STATUSES:
+            self._redis.zrem(live, job_id)
+            return PollOutcome.FINISHED
+        external_id = mapping.get("external_job_id")
+        if not external_id:
+            self._redis.zrem(live, job_id)
+            return PollOutcome.FORGOTTEN
+
+        provider = self._services.providers[provider_name]
+        job = JobRef(job_id=job_id, provider=provider_name, external_job_id=external_id)
+        context = {"job_id": job_id, "provider": provider_name}
+        try:
+            update = provider.poll_job_status(job)
+        except ProviderNotFound:
+            if now - self._known_since(job_id, mapping, now) < self._grace_ms:
+                return self._back_off(provider_name, job_id, now)
+            update = JobStateUpdate(
+                job_id=job_id,
+                external_job_id=external_id,
+                status=FAILED,
+                error_message=(
+                    f"{provider_name} no longer knows job {external_id} (HTTP 404): "
+                    "it expired before its result was collected, or never existed"
+                ),
+                provider=provider_name,
+                source=SOURCE_ORPHAN_POLL,
+            )
+            self._services.state.apply(update)
+            self._forget_failures(job_id)
+            log.warning("orphan failed: unknown to the provider", extra=context)
+            return PollOutcome.NOT_FOUND
+        except (ProviderUnavailable, ProviderError, PayloadError) as exc:
+            log.warning("orphan poll failed: %s", exc, extra=context)
+            return self._back_off(provider_name, job_id, now)
+
+        applied = self._services.state.apply(update)
+        self._forget_failures(job_id)
+        if applied.outcome is Outcome.APPLIED:
+            return PollOutcome.APPLIED
+        if applied.outcome is Outcome.TERMINAL:
+            self._redis.zrem(live, job_id)
+            return PollOutcome.FINISHED
+        return PollOutcome.UNCHANGED
+
+    @property
+    def _grace_ms(self) -> int:
+        return self._services.settings.orphan_not_found_grace_seconds * 1000
+
+    def _known_since(self, job_id: str, mapping: dict[str, str], now: int) -> int:
+        for field in ("created_at", "last_webhook_update"):
+            if mapping.get(field, "").isdigit():
+                return int(mapping[field])
+        # A mapping with no times: count from the first 404 we saw.
+        first = f"{job_id}:first_404"
+        self._redis.hsetnx(keys.POLL_FAILURES, first, now)
+        return int(self._redis.hget(keys.POLL_FAILURES, first))
+
+    def _back_off(self, provider_name: str, job_id: str, now: int) -> PollOutcome:
+        failures = self._redis.hincrby(keys.POLL_FAILURES, job_id, 1)
+        delay_ms = min(self.interval_ms * 2 ** (failures - 1), MAX_BACKOFF_SECONDS * 1000)
+        # XX: a job that finished meanwhile stays out of the index.
+        self._redis.zadd(
+            keys.live_jobs(provider_name), {job_id: now - self.orphan_after_ms + delay_ms}, xx=True
+        )
+        return PollOutcome.BACKING_OFF
+
+    def _forget_failures(self, job_id: str) -> None:
+        self._redis.hdel(keys.POLL_FAILURES, job_id, f"{job_id}:first_404")
+
+    # -- adoption of mappings written by others ----------------------------------
+
+    def adopt(self, budget: int | None = None) -> Adoption:
+        """Walk part of the keyspace for `job_mapping:*` we do not index yet."""
+        budget = budget or self._services.settings.adoption_scan_budget
+        cursor = int(self._redis.get(keys.ADOPTION_CURSOR) or 0)
+        scanned = adopted = 0
+        while scanned < budget:
+            cursor, names = self._redis.scan(cursor, match="job_mapping:*", count=SCAN_BATCH)
+            scanned += SCAN_BATCH
+            adopted += self._adopt_batch(names)
+            if cursor == 0:
+                break
+        self._redis.set(keys.ADOPTION_CURSOR, cursor)
+        return Adoption(scanned=scanned, adopted=adopted, cursor=cursor)
+
+    def _adopt_batch(self, names: list[str]) -> int:
+        if not names:
+            return 0
+        job_ids = [name.removeprefix("job_mapping:") for name in names]
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(
+                    keys.job_mapping(job_id),
+                    "provider",
+                    "external_job_id",
+                    "created_at",
+                    "last_webhook_update",
+                )
+                pipe.hget(keys.job_state(job_id), "status")
+            replies = pipe.execute()
+        now = _now_ms()
+        with self._redis.pipeline(transaction=False) as pipe:
+            for index, job_id in enumerate(job_ids):
+                provider, external_id, created_at, last_update = replies[2 * index]
+                status = replies[2 * index + 1]
+                if provider not in self._services.providers or status in TERMINAL_STATUSES:
+                    continue
+                since = next((int(v) for v in (last_update, created_at) if v and v.isdigit()), now)
+                # NX: a job we index already keeps its schedule.
+                pipe.zadd(keys.live_jobs(provider), {job_id: since}, nx=True)
+                if external_id:
+                    pipe.set(keys.external_index(provider, external_id), job_id, nx=True)
+            results = pipe.execute()
+        added_to_live_index = [r for r in results if not isinstance(r, bool | None)]
+        return sum(added_to_live_index)
