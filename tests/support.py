@@ -135,13 +135,18 @@ class FakeProviderAPI:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                try:
+                    parsed = json.loads(raw) if raw else None
+                except ValueError:  # e.g. Stability's multipart submit
+                    parsed = None
                 with fake._lock:
                     fake.requests.append(
                         {
                             "method": self.command,
                             "path": self.path,
                             "headers": dict(self.headers),
-                            "json": json.loads(raw) if raw else None,
+                            "json": parsed,
+                            "body": raw,
                         }
                     )
                     queue = fake._answers.get((self.command, self.path))
