@@ -451,11 +451,6 @@ def test_a_poll_answered_429_is_not_slept_on(keyed, api, job_id, provider):
     assert api.calls("GET", path) == 1  # the wait becomes the caller's countdown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: provider_http._retry_after reads only delta-seconds; an HTTP-date Retry-After "
-    "(RFC 9110) becomes None",
-)
 def test_a_retry_after_given_as_an_http_date_is_honoured(keyed, api, job_id):
     path, answer = POLLS["openai"]
     when = formatdate(time.time() + 120, usegmt=True)

@@ -223,3 +223,17 @@ def test_concurrent_registrations_of_one_job_have_exactly_one_winner(jobs, redis
     indexed = {ext: redis_client.get(keys.external_index("replicate", ext)) for ext in contenders}
     assert indexed == {ext: (job_id if ext == winner else None) for ext in contenders}
     assert jobs.resolve("replicate", None, winner).job_id == job_id
+
+
+def test_an_external_id_already_leading_to_another_job_is_a_conflict_even_for_a_hset_mapping(
+    services, redis_client
+):
+    # Job B was registered for pred-shared; another service then wrote job A's
+    # mapping to the same prediction with a plain HSET.
+    assert services.jobs.register("job-b", "replicate", "pred-shared") is Registration.CREATED
+    redis_client.hset(
+        "job_mapping:job-a", mapping={"external_job_id": "pred-shared", "provider": "replicate"}
+    )
+
+    assert services.jobs.register("job-a", "replicate", "pred-shared") is Registration.CONFLICT
+    assert redis_client.get("webhook_ingest:external:replicate:pred-shared") == "job-b"

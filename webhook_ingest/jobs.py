@@ -20,11 +20,12 @@ _REGISTER_LUA = """
 local mapping_key, index_key, live_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job_id, provider, external_id, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local current = redis.call('HMGET', mapping_key, 'provider', 'external_job_id')
+-- the provider's id must not already lead to another job, however that was written
+local owner = redis.call('GET', index_key)
+if owner and owner ~= job_id then return 'conflict' end
 if current[1] or current[2] then
   if current[1] ~= provider or current[2] ~= external_id then return 'conflict' end
 else
-  local owner = redis.call('GET', index_key)
-  if owner and owner ~= job_id then return 'conflict' end
   redis.call('HSET', mapping_key, 'external_job_id', external_id, 'provider', provider,
              'created_at', now, 'last_webhook_update', now)
 end
