@@ -343,10 +343,6 @@ def test_backoff_between_failed_polls_is_capped_at_an_hour(orphans, redis_client
     assert failures(redis_client, job_id) == str(len(expected))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the orphan poller ignores a 429's Retry-After (OrphanPoller._back_off)",
-)
 def test_a_429_retry_after_longer_than_the_backoff_is_honoured(orphans, redis_client, api, job_id):
     job = finished("openai")
     api.respond("GET", job.path, (429, {"error": "slow down"}, {"Retry-After": "600"}))
@@ -591,10 +587,6 @@ def test_adoption_walks_a_large_keyspace_over_several_ticks(make_poller, private
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: adopt() scans COUNT 1000 however small ADOPTION_SCAN_BUDGET is (SCAN_BATCH)",
-)
 def test_a_small_adoption_budget_bounds_the_keys_examined_per_tick(make_poller, private_redis):
     budget = 100  # the smallest the setting accepts
     orphans = make_poller(private_redis.url, ADOPTION_SCAN_BUDGET=budget)
@@ -667,3 +659,18 @@ def test_a_tick_costs_the_same_with_1k_or_100k_tracked_jobs(make_poller, private
     assert measured[100_000]["zrangebyscore"] == len(PROVIDERS)
     assert measured[100_000]["zadd"] == 10
     store.close()
+
+
+def test_a_job_finished_by_a_webhook_forgets_its_failed_polls(services, redis_client, job_id):
+    from webhook_ingest.job_update import JobStateUpdate
+
+    services.jobs.register(job_id, "replicate", "pred-flaky")
+    redis_client.hset(keys.POLL_FAILURES, mapping={job_id: 3, f"{job_id}:first_404": 1})
+
+    services.state.apply(
+        JobStateUpdate(job_id=job_id, status="completed", provider="replicate", source="webhook"),
+        "msg-final",
+    )
+
+    assert redis_client.hget(keys.POLL_FAILURES, job_id) is None
+    assert redis_client.hget(keys.POLL_FAILURES, f"{job_id}:first_404") is None

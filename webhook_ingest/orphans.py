@@ -99,15 +99,12 @@ class OrphanPoller:
         live = keys.live_jobs(provider_name)
         mapping = self._services.jobs.mapping(job_id)
         if not mapping or mapping.get("provider") != provider_name:
-            self._redis.zrem(live, job_id)
-            return PollOutcome.FORGOTTEN
+            return self._leave(live, job_id, PollOutcome.FORGOTTEN)
         if self._redis.hget(keys.job_state(job_id), "status") in TERMINAL_STATUSES:
-            self._redis.zrem(live, job_id)
-            return PollOutcome.FINISHED
+            return self._leave(live, job_id, PollOutcome.FINISHED)
         external_id = mapping.get("external_job_id")
         if not external_id:
-            self._redis.zrem(live, job_id)
-            return PollOutcome.FORGOTTEN
+            return self._leave(live, job_id, PollOutcome.FORGOTTEN)
 
         provider = self._services.providers[provider_name]
         job = JobRef(job_id=job_id, provider=provider_name, external_job_id=external_id)
@@ -134,16 +131,21 @@ class OrphanPoller:
             return PollOutcome.NOT_FOUND
         except (ProviderUnavailable, ProviderError, PayloadError) as exc:
             log.warning("orphan poll failed: %s", exc, extra=context)
-            return self._back_off(provider_name, job_id, now)
+            return self._back_off(provider_name, job_id, now, getattr(exc, "retry_after", None))
 
         applied = self._services.state.apply(update)
         self._forget_failures(job_id)
         if applied.outcome is Outcome.APPLIED:
             return PollOutcome.APPLIED
         if applied.outcome is Outcome.TERMINAL:
-            self._redis.zrem(live, job_id)
-            return PollOutcome.FINISHED
+            return self._leave(live, job_id, PollOutcome.FINISHED)
         return PollOutcome.UNCHANGED
+
+    def _leave(self, live: str, job_id: str, outcome: PollOutcome) -> PollOutcome:
+        """The job needs no more polling: out of the index, its failures forgotten."""
+        self._redis.zrem(live, job_id)
+        self._forget_failures(job_id)
+        return outcome
 
     @property
     def _grace_ms(self) -> int:
@@ -158,9 +160,13 @@ class OrphanPoller:
         self._redis.hsetnx(keys.POLL_FAILURES, first, now)
         return int(self._redis.hget(keys.POLL_FAILURES, first))
 
-    def _back_off(self, provider_name: str, job_id: str, now: int) -> PollOutcome:
+    def _back_off(
+        self, provider_name: str, job_id: str, now: int, retry_after: float | None = None
+    ) -> PollOutcome:
         failures = self._redis.hincrby(keys.POLL_FAILURES, job_id, 1)
         delay_ms = min(self.interval_ms * 2 ** (failures - 1), MAX_BACKOFF_SECONDS * 1000)
+        if retry_after:  # the provider said when to come back: not sooner
+            delay_ms = max(delay_ms, int(retry_after * 1000))
         # XX: a job that finished meanwhile stays out of the index.
         self._redis.zadd(
             keys.live_jobs(provider_name), {job_id: now - self.orphan_after_ms + delay_ms}, xx=True
@@ -178,8 +184,9 @@ class OrphanPoller:
         cursor = int(self._redis.get(keys.ADOPTION_CURSOR) or 0)
         scanned = adopted = 0
         while scanned < budget:
-            cursor, names = self._redis.scan(cursor, match="job_mapping:*", count=SCAN_BATCH)
-            scanned += SCAN_BATCH
+            batch = min(SCAN_BATCH, budget - scanned)
+            cursor, names = self._redis.scan(cursor, match="job_mapping:*", count=batch)
+            scanned += batch
             adopted += self._adopt_batch(names)
             if cursor == 0:
                 break

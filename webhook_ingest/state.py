@@ -25,6 +25,7 @@ from webhook_ingest.job_update import SOURCE_WEBHOOK, JobStateUpdate, result_jso
 
 _APPLY_LUA = """
 local state_key, mapping_key, applied_key, live_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local poll_failures_key = KEYS[5]
 local job_id, status, progress, result = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local error_message, external_id, provider, source = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local updated_at, delivery_id, applied_ttl = ARGV[9], ARGV[10], tonumber(ARGV[11])
@@ -77,6 +78,7 @@ redis.call('HSET', state_key, unpack(fields))
 
 if status == 'completed' or status == 'failed' then
   redis.call('ZREM', live_key, job_id)
+  redis.call('HDEL', poll_failures_key, job_id, job_id .. ':first_404')
 elseif mapping_exists then
   redis.call('ZADD', live_key, updated_at, job_id)
 end
@@ -132,6 +134,7 @@ class StateStore:
                 keys.job_mapping(job_id),
                 keys.applied_deliveries(job_id),
                 keys.live_jobs(update.provider),
+                keys.POLL_FAILURES,
             ],
             args=[
                 job_id,
