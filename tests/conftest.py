@@ -39,6 +39,8 @@ os.environ.update(
     # Short enough that "parked after the unmatched window" is testable.
     UNMATCHED_RETRY_SECONDS="4",
     MAX_BODY_BYTES="65536",
+    # Tests send bursts from one address; the rate-limit tests set their own limit.
+    RATE_LIMIT="1000000/second",
 )
 
 from tests.support import FakeProviderAPI  # noqa: E402

@@ -10,6 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook_ingest import operator_api, receiver
 from webhook_ingest.http_errors import register_error_handlers
+from webhook_ingest.rate_limit import init_rate_limit
 from webhook_ingest.services import Services, build_services
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,14 @@ def create_app(services: Services | None = None, celery_app: Celery | None = Non
 
     app.extensions["webhook_ingest"] = services
     app.extensions["celery"] = celery_app
+    init_rate_limit(app, settings, receiver.blueprint)
     app.register_blueprint(receiver.blueprint)
     app.register_blueprint(operator_api.blueprint)
     register_error_handlers(app)
 
-    disabled = sorted(name for name, p in services.providers.items() if not p.enabled)
+    disabled = sorted(
+        name for name, p in services.providers.items() if p.supports_webhooks() and not p.enabled
+    )
     if disabled:
         log.warning("providers without verification configured (accept nothing): %s", disabled)
     return app

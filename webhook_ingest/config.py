@@ -53,6 +53,15 @@ _http_url = validate.URL(schemes={"http", "https"}, require_tld=False)
 _positive = validate.Range(min=1)
 
 
+def _rate_limit(value: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValidationError("expected a rate such as 100/second or 1000 per minute") from None
+
+
 def _int(name: str, default: int, *validators: validate.Validator) -> fields.Integer:
     return fields.Integer(data_key=name, load_default=default, validate=list(validators) or None)
 
@@ -71,7 +80,9 @@ class SettingsSchema(Schema):
     tolerance_seconds = _int("WEBHOOK_TOLERANCE_SECONDS", 300, _positive)
     trusted_proxy_count = _int("TRUSTED_PROXY_COUNT", 0, validate.Range(0, 10))
     max_body_bytes = _int("MAX_BODY_BYTES", 1_048_576, _positive)
-    rate_limit = fields.String(data_key="RATE_LIMIT", load_default="100/second")
+    rate_limit = fields.String(
+        data_key="RATE_LIMIT", load_default="100/second", validate=_rate_limit
+    )
     admin_token = fields.String(
         data_key="ADMIN_TOKEN", load_default=None, validate=validate.Length(min=16)
     )

@@ -23,6 +23,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         messages = {
+            429: "too many requests",
             413: "body too large",
             404: "not found",
             405: "method not allowed",

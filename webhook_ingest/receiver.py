@@ -17,7 +17,7 @@ from webhook_ingest.delivery import Delivery, kept_headers
 from webhook_ingest.delivery_claims import Claim
 from webhook_ingest.enqueue import EnqueueFailed, enqueue
 from webhook_ingest.http_errors import error
-from webhook_ingest.verification import VerificationError
+from webhook_ingest.verification import VerificationError, body_digest
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +28,32 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 @blueprint.post("/webhook/<provider>")
 @blueprint.post("/webhook/<provider>/<job_id>")
-def receive(provider: str, job_id: str | None = None):
+@blueprint.post("/webhook/<provider>/<job_id>/<token>")
+def receive(provider: str, job_id: str | None = None, token: str | None = None):
+    """`token`: the secret URL segment of providers that sign nothing (RunPod)."""
     services = current_app.extensions["webhook_ingest"]
     handler = services.providers.get(provider)
     if handler is None:
         return error(404, "unknown provider")
     if handler.verifier is None:
         return error(404, "provider not configured")
+    if token is not None and not handler.takes_url_token:
+        # a token segment exists only on the URLs of providers configured for one
+        return error(404, "not found")
+    if not handler.allows(request.remote_addr):
+        log.info("delivery rejected: address not allowed", extra={"provider": provider})
+        return error(403, "address not allowed")
     if job_id is not None and not JOB_ID.match(job_id):
         return error(400, "invalid job id")
 
     body = read_body(services.settings.max_body_bytes)
     try:
-        verified = handler.verifier.verify(body, request.headers)
+        verified = handler.verifier.verify(body, request.headers, url_token=token)
     except VerificationError as exc:
         log.info("delivery rejected: %s", exc.reason, extra={"provider": provider})
         return error(401, f"verification failed: {exc.reason}")
+    # Schemes without a delivery id (tokens): the same body is the same delivery.
+    delivery_id = verified.delivery_id or body_digest(body)
 
     try:
         text = body.decode("utf-8")
@@ -54,7 +64,7 @@ def receive(provider: str, job_id: str | None = None):
         return error(400, "body is not a JSON object")
 
     claims = services.claims
-    claim = claims.claim(provider, verified.delivery_id)
+    claim = claims.claim(provider, delivery_id)
     if claim is Claim.DUPLICATE:
         return jsonify(received=True, duplicate=True), 200
     if claim is Claim.IN_FLIGHT:
@@ -62,7 +72,7 @@ def receive(provider: str, job_id: str | None = None):
 
     delivery = Delivery(
         provider=provider,
-        delivery_id=verified.delivery_id,
+        delivery_id=delivery_id,
         body=text,
         job_id=job_id,
         headers=kept_headers(request.headers),
@@ -70,10 +80,10 @@ def receive(provider: str, job_id: str | None = None):
     try:
         enqueue(current_app.extensions["celery"], delivery)
     except EnqueueFailed:
-        _release(claims, provider, verified.delivery_id)
+        _release(claims, provider, delivery_id)
         return error(503, "queue unavailable, retry later", Retry_After="5")
     try:
-        claims.confirm(provider, verified.delivery_id)
+        claims.confirm(provider, delivery_id)
     except Exception:  # enqueued is what matters; the pending claim expires by itself
         log.warning("could not confirm delivery claim", extra={"provider": provider})
     return jsonify(received=True), 202

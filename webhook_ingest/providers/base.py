@@ -9,6 +9,7 @@ configuration and how its status is polled when the webhook never came.
 from __future__ import annotations
 
 import abc
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,9 +18,21 @@ from typing import Any, ClassVar
 import requests
 
 from webhook_ingest import provider_http
-from webhook_ingest.config import Settings
+from webhook_ingest.config import ConfigError, Settings
 from webhook_ingest.job_update import JobStateUpdate
-from webhook_ingest.verification import StandardWebhooksVerifier
+from webhook_ingest.verification import AllOf, StandardWebhooksVerifier, Verifier
+from webhook_ingest.verification.tokens import (
+    BasicAuthVerifier,
+    BearerTokenVerifier,
+    UrlTokenVerifier,
+)
+
+# Checks any provider may add, each from its own variable; all configured must pass.
+_EXTRA_CHECKS = (
+    ("WEBHOOK_BEARER_TOKEN_", BearerTokenVerifier),
+    ("WEBHOOK_BASIC_AUTH_", BasicAuthVerifier),
+    ("WEBHOOK_URL_TOKEN_", UrlTokenVerifier),
+)
 
 
 class PayloadError(Exception):
@@ -84,6 +97,7 @@ class Provider(WebhookCapableConnector):
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self.verifier = self._build_verifier() if self.supports_webhooks() else None
+        self.allowlist = self._build_allowlist()
 
     def supports_webhooks(self) -> bool:
         return True
@@ -111,8 +125,8 @@ class Provider(WebhookCapableConnector):
 
     # -- receiving --------------------------------------------------------------
 
-    def _build_verifier(self):
-        """None when nothing is configured: the provider then accepts nothing."""
+    def signature_verifier(self) -> Verifier | None:
+        """The provider's own signature scheme, if configured (Standard Webhooks here)."""
         variable = env_name(self.name, prefix="WEBHOOK_SECRET_")
         secrets = self.environ.get(variable, "").strip()
         if not secrets:
@@ -121,9 +135,58 @@ class Provider(WebhookCapableConnector):
             secrets, variable, self.settings.tolerance_seconds
         )
 
+    def _build_verifier(self) -> Verifier | None:
+        """None when nothing is configured: the provider then accepts nothing."""
+        checks = [check for check in [self.signature_verifier()] if check is not None]
+        for prefix, scheme in _EXTRA_CHECKS:
+            variable = env_name(self.name, prefix=prefix)
+            value = self.environ.get(variable, "").strip()
+            if value:
+                checks.append(scheme.from_env(value, variable))
+        schemes = {check.scheme for check in checks}
+        if {"bearer", "basic"} <= schemes:
+            raise ConfigError(
+                f"WEBHOOK_BEARER_TOKEN_{self.name.upper()} and WEBHOOK_BASIC_AUTH_"
+                f"{self.name.upper()} both need the Authorization header: set one"
+            )
+        if not checks:
+            return None
+        return checks[0] if len(checks) == 1 else AllOf(checks)
+
+    def _build_allowlist(self) -> tuple | None:
+        """Networks deliveries may come from; None means any address."""
+        variable = env_name(self.name, prefix="WEBHOOK_IP_ALLOWLIST_")
+        value = self.environ.get(variable, "").strip()
+        if not value:
+            return None
+        try:
+            return tuple(
+                ipaddress.ip_network(part.strip(), strict=False)
+                for part in value.split(",")
+                if part.strip()
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{variable}: {exc}") from None
+
+    def allows(self, address: str | None) -> bool:
+        if self.allowlist is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped:  # ::ffff:1.2.3.4 is 1.2.3.4
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.allowlist)
+
     @property
     def enabled(self) -> bool:
         return self.verifier is not None
+
+    @property
+    def takes_url_token(self) -> bool:
+        """Whether its webhook URLs end in a secret token segment."""
+        return self.verifier is not None and "url-token" in self.verifier.scheme.split("+")
 
     @abc.abstractmethod
     def external_id(self, payload: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Proof that a delivery comes from the provider, checked on the raw body bytes.
+"""Standard Webhooks, checked on the raw body bytes.
 
 Standard Webhooks (OpenAI, Replicate): HMAC-SHA256 over
 `{webhook-id}.{webhook-timestamp}.{raw body}` with the base64 key after `whsec_`,
@@ -15,29 +15,19 @@ import base64
 import binascii
 import hashlib
 import hmac
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from webhook_ingest.config import ConfigError
+from webhook_ingest.verification.base import (
+    MAX_DELIVERY_ID_LENGTH,
+    VerificationError,
+    Verified,
+    check_timestamp,
+    matches_any,
+)
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format marker, not a secret
 MAX_SIGNATURES = 10  # a rotation needs two or three; more is a probe
-MAX_DELIVERY_ID_LENGTH = 200  # ids become Redis keys
-
-
-class VerificationError(Exception):
-    """The delivery is not proven authentic. `reason` is safe to show and count."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Verified:
-    delivery_id: str
-    timestamp: int | None
 
 
 def decode_secret(secret: str, variable: str) -> bytes:
@@ -68,7 +58,14 @@ class StandardWebhooksVerifier:
             raise ConfigError(f"{variable}: no secret given")
         return cls(keys, tolerance_seconds)
 
-    def verify(self, body: bytes, headers: Mapping[str, str], now: float | None = None) -> Verified:
+    def verify(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        url_token: str | None = None,
+        now: float | None = None,
+    ) -> Verified:
         msg_id = headers.get("webhook-id", "")
         timestamp_text = headers.get("webhook-timestamp", "")
         signatures = headers.get("webhook-signature", "")
@@ -76,10 +73,7 @@ class StandardWebhooksVerifier:
             raise VerificationError("missing signature headers")
         if len(msg_id) > MAX_DELIVERY_ID_LENGTH or not msg_id.isprintable():
             raise VerificationError("invalid webhook-id")
-        timestamp = _parse_timestamp(timestamp_text)
-        current = time.time() if now is None else now
-        if abs(current - timestamp) > self._tolerance:
-            raise VerificationError("timestamp outside tolerance")
+        timestamp = check_timestamp(timestamp_text, self._tolerance, now)
 
         signed = b"%s.%s.%s" % (msg_id.encode(), timestamp_text.encode(), body)
         expected = [hmac.new(key, signed, hashlib.sha256).digest() for key in self._keys]
@@ -91,14 +85,6 @@ class StandardWebhooksVerifier:
                 given = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
                 continue
-            # compare against every key, always, so timing says nothing about which matched
-            if any([hmac.compare_digest(given, digest) for digest in expected]):
+            if matches_any(given, expected):
                 return Verified(delivery_id=msg_id, timestamp=timestamp)
         raise VerificationError("no matching signature")
-
-
-def _parse_timestamp(text: str) -> int:
-    # Unix seconds as an integer; the signed string is the header as sent.
-    if not text.isascii() or not text.isdigit() or len(text) > 12:
-        raise VerificationError("invalid timestamp")
-    return int(text)
