@@ -17,7 +17,7 @@ from webhook_ingest.delivery import Delivery, kept_headers
 from webhook_ingest.delivery_claims import Claim
 from webhook_ingest.enqueue import EnqueueFailed, enqueue
 from webhook_ingest.http_errors import error
-from webhook_ingest.verification import VerificationError, body_digest
+from webhook_ingest.verification import VerificationError, VerificationUnavailable, body_digest
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     except VerificationError as exc:
         log.info("delivery rejected: %s", exc.reason, extra={"provider": provider})
         return error(401, f"verification failed: {exc.reason}")
+    except VerificationUnavailable:
+        log.warning("delivery not verifiable now", extra={"provider": provider})
+        return error(503, "cannot verify deliveries right now, retry later", Retry_After="30")
     # Schemes without a delivery id (tokens): the same body is the same delivery.
     delivery_id = verified.delivery_id or body_digest(body)
 

@@ -8,6 +8,7 @@
 from webhook_ingest.verification.base import (
     AllOf,
     VerificationError,
+    VerificationUnavailable,
     Verified,
     Verifier,
     body_digest,
@@ -23,6 +24,7 @@ __all__ = [
     "SECRET_PREFIX",
     "StandardWebhooksVerifier",
     "VerificationError",
+    "VerificationUnavailable",
     "Verified",
     "Verifier",
     "body_digest",

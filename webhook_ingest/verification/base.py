@@ -26,6 +26,11 @@ class VerificationError(Exception):
         self.reason = reason
 
 
+class VerificationUnavailable(Exception):
+    """The delivery cannot be checked right now (e.g. the provider's public keys
+    could not be fetched): the receiver answers 503 so the provider retries."""
+
+
 @dataclass(frozen=True)
 class Verified:
     """Proof of authenticity, and what the proof says about the delivery.
