@@ -13,14 +13,18 @@ from webhook_ingest.providers.base import (
     WebhookCapableConnector,
     WebhookConfig,
 )
+from webhook_ingest.providers.fal import FalProvider
 from webhook_ingest.providers.openai import OpenAIProvider
 from webhook_ingest.providers.replicate import ReplicateProvider
+from webhook_ingest.providers.runpod import RunPodProvider
 from webhook_ingest.providers.stability import StabilityProvider
 
 PROVIDER_CLASSES: dict[str, type[Provider]] = {
     OpenAIProvider.name: OpenAIProvider,
     ReplicateProvider.name: ReplicateProvider,
     StabilityProvider.name: StabilityProvider,
+    FalProvider.name: FalProvider,
+    RunPodProvider.name: RunPodProvider,
 }
 
 

@@ -3,6 +3,8 @@
 | scheme | module | used by |
 |---|---|---|
 | Standard Webhooks | standard_webhooks | openai, replicate |
+| Ed25519, keys from a JWKS (cached in process and Redis) | ed25519_jwks | fal |
+| URL token (a secret path segment; no signature) | tokens | runpod |
 """
 
 from webhook_ingest.verification.base import (
@@ -13,6 +15,7 @@ from webhook_ingest.verification.base import (
     Verifier,
     body_digest,
 )
+from webhook_ingest.verification.ed25519_jwks import Ed25519JwksVerifier, JwksCache
 from webhook_ingest.verification.standard_webhooks import (
     SECRET_PREFIX,
     StandardWebhooksVerifier,
@@ -21,6 +24,8 @@ from webhook_ingest.verification.standard_webhooks import (
 
 __all__ = [
     "AllOf",
+    "Ed25519JwksVerifier",
+    "JwksCache",
     "SECRET_PREFIX",
     "StandardWebhooksVerifier",
     "VerificationError",

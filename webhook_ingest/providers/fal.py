@@ -1,0 +1,232 @@
+"""fal.ai: a webhook URL per request, Ed25519 signatures, public keys from a JWKS.
+
+fal calls back once per request, when it is done: `{"request_id",
+"gateway_request_id", "status": "OK" | "ERROR", "payload", "error"}`, retried 10
+times over 2 hours. `request_id` is the queue's id for the request (the
+external id and, as fal sends one completion per request, the delivery id);
+`gateway_request_id` names the last attempt and is not used.
+
+Queue API (`FAL_BASE_URL`, default https://queue.fal.run):
+`POST {base}/{model}?fal_webhook=<url>` starts a request; its status is at
+`{base}/{app}/requests/{id}/status` and its result at `{base}/{app}/requests/{id}`,
+where `app` is the model id without its subpath (`fal-ai/flux` for
+`fal-ai/flux/dev`). The request id alone does not say which app, so submit
+records it (providers.poll_targets), taken from the `status_url` fal answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from webhook_ingest import provider_http, redis_client
+from webhook_ingest.config import ConfigError, Settings
+from webhook_ingest.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    JobStateUpdate,
+)
+from webhook_ingest.providers.base import (
+    JobRef,
+    JobRequest,
+    PayloadError,
+    Provider,
+    WebhookConfig,
+    env_name,
+    require_str,
+)
+from webhook_ingest.providers.poll_targets import PollTargets
+from webhook_ingest.verification.ed25519_jwks import (
+    DEFAULT_REFETCH_SECONDS,
+    DEFAULT_TTL_SECONDS,
+    Ed25519JwksVerifier,
+    JwksCache,
+    check_jwks_url,
+    seconds_setting,
+)
+
+log = logging.getLogger(__name__)
+
+# The value to give WEBHOOK_JWKS_URL_FAL in production (fal's published key set).
+FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+
+# owner/name[/subpath...]: path segments only, so a model cannot redirect the request.
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
+
+
+def _update(job: JobRef, request_id: str, status: str, source: str, **fields: Any):
+    return JobStateUpdate(
+        job_id=job.job_id,
+        external_job_id=request_id,
+        status=status,
+        provider=FalProvider.name,
+        source=source,
+        **fields,
+    )
+
+
+def _error_text(answer: dict[str, Any]) -> str:
+    error = answer.get("error")
+    return str(error) if error else "fal request failed"
+
+
+def app_id(model: str, answer: dict[str, Any], base_url: str, request_id: str) -> str:
+    """The app a request's status and result live under.
+
+    fal's own `status_url` says it; if it is missing or points elsewhere (never
+    send our key to another host), the first two segments of the model id do.
+    """
+    status_url = answer.get("status_url")
+    prefix, suffix = f"{base_url}/", f"/requests/{request_id}/status"
+    if isinstance(status_url, str) and status_url.startswith(prefix):
+        if status_url.endswith(suffix):
+            app = status_url[len(prefix) : -len(suffix)]
+            if _MODEL.match(app):
+                return app
+    return "/".join(model.split("/")[:2])
+
+
+class FalProvider(Provider):
+    name = "fal"
+    default_base_url = "https://queue.fal.run"
+
+    def __init__(self, settings: Settings, environ=None) -> None:
+        # Built before the base class builds the verifier, which shares it. No
+        # connection is made until a command runs.
+        self._redis = redis_client.connect(settings.redis_url)
+        self._targets = PollTargets(self._redis)
+        super().__init__(settings, environ)
+
+    # -- the provider's API -----------------------------------------------------
+
+    @property
+    def api_key(self) -> str | None:
+        # FAL_KEY is the name fal's own clients read.
+        return self.setting("_API_KEY") or self.environ.get("FAL_KEY", "").strip() or None
+
+    @property
+    def session(self) -> requests.Session:
+        """fal's scheme is `Authorization: Key <key>`, not Bearer."""
+        if self._session is None:
+            key = self.api_key
+            self._session = provider_http.make_session(f"Key {key}" if key else None)
+        return self._session
+
+    # -- receiving --------------------------------------------------------------
+
+    def signature_verifier(self) -> Ed25519JwksVerifier | None:
+        """Ed25519 with fal's published keys; None (accept nothing) without a JWKS URL."""
+        if self.environ.get(env_name(self.name, prefix="WEBHOOK_SECRET_"), "").strip():
+            raise ConfigError(
+                "WEBHOOK_SECRET_FAL: fal signs with Ed25519 keys, not a shared secret; "
+                f"set WEBHOOK_JWKS_URL_FAL={FAL_JWKS_URL} instead"
+            )
+        variable = env_name(self.name, prefix="WEBHOOK_JWKS_URL_")
+        url = self.environ.get(variable, "").strip()
+        if not url:
+            return None
+        keys = JwksCache(
+            check_jwks_url(url, variable),
+            self._redis,
+            self.name,
+            ttl_seconds=seconds_setting(
+                self.environ, "WEBHOOK_JWKS_CACHE_SECONDS", DEFAULT_TTL_SECONDS, 60
+            ),
+            refetch_seconds=seconds_setting(
+                self.environ, "WEBHOOK_JWKS_REFETCH_SECONDS", DEFAULT_REFETCH_SECONDS, 1
+            ),
+        )
+        return Ed25519JwksVerifier(keys, self.settings.tolerance_seconds)
+
+    def external_id(self, payload: dict[str, Any]) -> str:
+        return require_str(payload, "request_id")
+
+    def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate:
+        request_id = self.external_id(payload)
+        status = payload.get("status")
+        if status == "ERROR":
+            return _update(
+                job, request_id, FAILED, SOURCE_WEBHOOK, error_message=_error_text(payload)
+            )
+        if status != "OK":
+            raise PayloadError(f"unknown fal webhook status {status!r:.40}")
+        if payload.get("payload") is None and payload.get("payload_error"):
+            # fal could not put the result into the webhook; the queue still has it.
+            return _update(
+                job, request_id, COMPLETED, SOURCE_WEBHOOK, result=self._result_or_none(request_id)
+            )
+        return _update(job, request_id, COMPLETED, SOURCE_WEBHOOK, result=payload.get("payload"))
+
+    def _result_or_none(self, request_id: str) -> Any:
+        try:
+            return self._get(self._request_url(request_id))
+        except (provider_http.ProviderNotFound, LookupError):
+            log.warning("fal result not retrievable; completed without it")
+            return None
+
+    # -- connector --------------------------------------------------------------
+
+    def get_webhook_config(self, job_id: str) -> WebhookConfig:
+        # fal has no event filter: one call when the request is done.
+        return WebhookConfig(url=self.webhook_url(job_id), events=(), auth="ed25519-jwks")
+
+    def submit(self, job: JobRequest) -> str:
+        """`params`: `model` (e.g. `fal-ai/flux/dev`) and `input` (the model's arguments)."""
+        params = dict(job.params)
+        model = params.pop("model", None)
+        arguments = params.pop("input", {})
+        if not isinstance(model, str) or not _MODEL.match(model):
+            raise ValueError("a fal job needs 'model', an id such as fal-ai/flux/dev")
+        if not isinstance(arguments, dict):
+            raise ValueError("a fal job's 'input' is an object of the model's arguments")
+        if params:
+            raise ValueError(f"unknown fal job parameters: {', '.join(sorted(params))}")
+        answer = provider_http.post_json(
+            self.session,
+            f"{self.base_url}/{model}",
+            params={"fal_webhook": self.get_webhook_config(job.job_id).url},
+            json=arguments,
+        )
+        request_id = require_str(answer, "request_id")
+        self._targets.remember(
+            self.name, request_id, app_id(model, answer, self.base_url, request_id)
+        )
+        return request_id
+
+    def poll_job_status(self, job: JobRef) -> JobStateUpdate:
+        request_id = job.external_job_id
+        try:
+            url = self._request_url(request_id)
+        except LookupError as exc:
+            raise provider_http.ProviderError(str(exc)) from None
+        status = self._get(f"{url}/status")
+        raw = status.get("status")
+        if raw == "IN_QUEUE":
+            return _update(job, request_id, PROCESSING, SOURCE_ORPHAN_POLL, progress=0)
+        if raw == "IN_PROGRESS":
+            return _update(job, request_id, PROCESSING, SOURCE_ORPHAN_POLL)
+        if raw != "COMPLETED":
+            raise PayloadError(f"unknown fal queue status {raw!r:.40}")
+        if status.get("error"):
+            return _update(
+                job, request_id, FAILED, SOURCE_ORPHAN_POLL, error_message=_error_text(status)
+            )
+        return _update(job, request_id, COMPLETED, SOURCE_ORPHAN_POLL, result=self._get(url))
+
+    def _request_url(self, request_id: str) -> str:
+        """Raises LookupError when submit did not record the request's app."""
+        app = self._targets.recall(self.name, request_id)
+        if not app:
+            raise LookupError(f"no fal app recorded for request {request_id}: submit records it")
+        return f"{self.base_url}/{app}/requests/{quote(request_id, safe='')}"
+
+    def _get(self, url: str) -> dict[str, Any]:
+        _, body = provider_http.get_json(self.session, url)
+        return body

@@ -1,0 +1,163 @@
+"""RunPod serverless: `"webhook"` in the `/run` body; the delivery is the job's status object.
+
+RunPod signs nothing and sends no headers of ours, so a secret token in the
+webhook URL's path is the only proof (`WEBHOOK_URL_TOKEN_RUNPOD`, checked by the
+base class's UrlTokenVerifier): `{WEBHOOK_BASE_URL}/webhook/runpod/{job_id}/{token}`.
+That URL is a secret: it is never logged here, and must not be by proxies either.
+A token proves who called, not when: there is no timestamp or delivery id, so the
+receiver de-duplicates on the body, which RunPod resends unchanged (twice, 10 s apart).
+
+API (`RUNPOD_BASE_URL`, default https://api.runpod.ai/v2): `POST {base}/{endpoint}/run`
+answers `{"id", "status"}`, `GET {base}/{endpoint}/status/{id}` the status object.
+The endpoint is not part of the job id, so submit records it
+(providers.poll_targets); `RUNPOD_ENDPOINT_ID`, if set, is the default for
+submits without one and for polling jobs that others registered.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from webhook_ingest import provider_http, redis_client
+from webhook_ingest.config import ConfigError, Settings
+from webhook_ingest.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    JobStateUpdate,
+)
+from webhook_ingest.providers.base import (
+    JobRef,
+    JobRequest,
+    PayloadError,
+    Provider,
+    WebhookConfig,
+    env_name,
+    require_str,
+)
+from webhook_ingest.providers.poll_targets import PollTargets
+
+_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Unreserved URL characters: the token is a path segment, sent and matched as is.
+_URL_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~-]+$")
+
+# status -> (our status, progress, error message)
+_STATUS: dict[str, tuple[str, int | None, str | None]] = {
+    "IN_QUEUE": (PROCESSING, 0, None),
+    "IN_PROGRESS": (PROCESSING, None, None),
+    "COMPLETED": (COMPLETED, None, None),
+    "FAILED": (FAILED, None, "job failed"),
+    "CANCELLED": (FAILED, None, "cancelled"),
+    "TIMED_OUT": (FAILED, None, "timed out"),
+}
+
+
+def update_from_status(job_status: dict[str, Any], job: JobRef, source: str) -> JobStateUpdate:
+    """Map a RunPod status object (webhook body or status answer) to our update."""
+    external_id = require_str(job_status, "id")
+    raw = job_status.get("status")
+    mapped = _STATUS.get(raw) if isinstance(raw, str) else None
+    if mapped is None:
+        raise PayloadError(f"unknown RunPod status {raw!r:.40}")
+    status, progress, error_message = mapped
+    if raw == "FAILED" and job_status.get("error"):
+        error_message = str(job_status["error"])
+    return JobStateUpdate(
+        job_id=job.job_id,
+        external_job_id=external_id,
+        status=status,
+        progress=progress,
+        result=job_status.get("output") if raw == "COMPLETED" else None,
+        error_message=error_message,
+        provider=RunPodProvider.name,
+        source=source,
+    )
+
+
+class RunPodProvider(Provider):
+    name = "runpod"
+    default_base_url = "https://api.runpod.ai/v2"
+
+    def __init__(self, settings: Settings, environ=None) -> None:
+        self._targets = PollTargets(redis_client.connect(settings.redis_url))
+        super().__init__(settings, environ)
+        self._check_url_tokens()
+
+    # -- receiving --------------------------------------------------------------
+
+    def signature_verifier(self) -> None:
+        """RunPod signs nothing: the URL token added by the base class is the proof."""
+        if self.environ.get(env_name(self.name, prefix="WEBHOOK_SECRET_"), "").strip():
+            raise ConfigError(
+                "WEBHOOK_SECRET_RUNPOD: RunPod signs nothing; "
+                "set WEBHOOK_URL_TOKEN_RUNPOD to a long random token instead"
+            )
+        return None
+
+    def _check_url_tokens(self) -> None:
+        """Fail at start on a configuration RunPod's deliveries could never pass."""
+        if self.verifier is not None and not self.takes_url_token:
+            raise ConfigError(
+                "RunPod sends no headers we choose: WEBHOOK_URL_TOKEN_RUNPOD is its only proof"
+            )
+        if any(not _URL_SAFE_TOKEN.match(token) for token in self._url_tokens()):
+            raise ConfigError(
+                "WEBHOOK_URL_TOKEN_RUNPOD: tokens go into URLs; use only A-Z a-z 0-9 . _ ~ - "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+
+    def _url_tokens(self) -> list[str]:
+        return self.environ.get(env_name(self.name, prefix="WEBHOOK_URL_TOKEN_"), "").split()
+
+    def external_id(self, payload: dict[str, Any]) -> str:
+        return require_str(payload, "id")
+
+    def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate:
+        return update_from_status(payload, job, SOURCE_WEBHOOK)
+
+    # -- connector --------------------------------------------------------------
+
+    def get_webhook_config(self, job_id: str) -> WebhookConfig:
+        """The URL carries the first configured token: treat the result as a secret."""
+        tokens = self._url_tokens()
+        if not tokens:
+            raise ConfigError(
+                "WEBHOOK_URL_TOKEN_RUNPOD is not set: RunPod's webhooks could not be verified"
+            )
+        # RunPod has no event filter: one call when the job reaches a final status.
+        return WebhookConfig(url=self.webhook_url(job_id, tokens[0]), events=(), auth="url-token")
+
+    def submit(self, job: JobRequest) -> str:
+        """`params`: `input`, optionally `endpoint_id` and RunPod's other `/run` fields
+        (`policy`, `s3Config`)."""
+        params = dict(job.params)
+        endpoint = self._endpoint(params.pop("endpoint_id", None))
+        if not isinstance(params.get("input"), dict):
+            raise ValueError("a RunPod job needs 'input', an object")
+        body = {**params, "webhook": self.get_webhook_config(job.job_id).url}
+        answer = provider_http.post_json(self.session, f"{self.base_url}/{endpoint}/run", json=body)
+        job_id = require_str(answer, "id")
+        self._targets.remember(self.name, job_id, endpoint)
+        return job_id
+
+    def poll_job_status(self, job: JobRef) -> JobStateUpdate:
+        external_id = job.external_job_id
+        endpoint = self._targets.recall(self.name, external_id) or self.setting("_ENDPOINT_ID")
+        if not endpoint or not _ENDPOINT_ID.match(endpoint):
+            raise provider_http.ProviderError(
+                f"no RunPod endpoint recorded for job {external_id} and RUNPOD_ENDPOINT_ID unset"
+            )
+        _, job_status = provider_http.get_json(
+            self.session, f"{self.base_url}/{endpoint}/status/{quote(external_id, safe='')}"
+        )
+        return update_from_status(job_status, job, SOURCE_ORPHAN_POLL)
+
+    def _endpoint(self, given: Any) -> str:
+        endpoint = given or self.setting("_ENDPOINT_ID")
+        if not isinstance(endpoint, str) or not _ENDPOINT_ID.match(endpoint):
+            raise ValueError("a RunPod job needs 'endpoint_id' (or RUNPOD_ENDPOINT_ID)")
+        return endpoint
