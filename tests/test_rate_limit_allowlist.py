@@ -1,0 +1,536 @@
+"""Edge checks before the signature work (issue 4; CONTRACT.md §2-3, README "Security").
+
+- `RATE_LIMIT` per provider + client address: over it 429 JSON with `Retry-After`;
+- the limiter's Redis down: nothing acknowledged that was not kept, never a 500;
+- `WEBHOOK_IP_ALLOWLIST_<PROVIDER>`: 403 for other addresses, nothing written;
+- `TRUSTED_PROXY_COUNT`: only the hops our proxies appended name the client, and the
+  rate limit keys on that same client address;
+- bearer / basic / URL-token checks on top of the Standard Webhooks signature.
+
+Every app here is built from an explicit environment (conftest's `RATE_LIMIT` is
+huge on purpose) on a redis-server of its own that is both the state store and the
+broker, so "nothing written" also means "nothing enqueued".
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
+from tests.support import PrivateRedis, celery_for, signed_headers
+from webhook_ingest import keys
+from webhook_ingest.app import create_app
+from webhook_ingest.config import ConfigError
+from webhook_ingest.services import build_services
+
+QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
+
+BEARER = "bt_" + secrets.token_urlsafe(24)
+BEARER_OLD = "bt_" + secrets.token_urlsafe(24)
+BASIC_USER = "hooks"
+BASIC_PASSWORD = "pw_" + secrets.token_urlsafe(18)
+URL_TOKEN = "ut" + secrets.token_urlsafe(24)
+SECRETS = (REPLICATE_SECRET, OPENAI_SECRET, BEARER, BEARER_OLD, BASIC_PASSWORD, URL_TOKEN)
+
+
+# -- an app on a Redis of its own ----------------------------------------------------
+
+
+@dataclass
+class Edge:
+    client: object  # flask test client
+    raw: redis.Redis
+    services: object
+
+    def snapshot(self) -> dict[bytes, bytes]:
+        """Every key and its value; rate-limit counters (LIMITS:) count rejections by design."""
+        return {k: self.raw.dump(k) for k in self.raw.keys("*") if not k.startswith(b"LIMITS:")}
+
+    def queued(self) -> int:
+        return self.raw.llen(QUEUE)
+
+
+@pytest.fixture(scope="module")
+def private_redis():
+    server = PrivateRedis().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def edge_app(private_redis):
+    """`edge_app(**environ)`: an app on the module's Redis, emptied first (counters too)."""
+    opened = []
+
+    def build(redis_url: str | None = None, broker_url: str | None = None, **overrides):
+        redis_url = redis_url or private_redis.url
+        broker_url = broker_url or redis_url
+        environ = dict(os.environ, REDIS_URL=redis_url, CELERY_BROKER_URL=broker_url)
+        environ.update(overrides)
+        services = build_services(environ={k: v for k, v in environ.items() if v is not None})
+        celery_app = celery_for(broker_url)
+        flask_app = create_app(services, celery_app)
+        flask_app.testing = True
+        raw = redis.Redis.from_url(redis_url)
+        if redis_url == private_redis.url:
+            raw.flushall()
+        opened.append((services, celery_app, raw))
+        return Edge(client=flask_app.test_client(), raw=raw, services=services)
+
+    yield build
+    for services, celery_app, raw in opened:
+        celery_app.close()
+        services.redis.close()
+        raw.close()
+
+
+# -- deliveries -------------------------------------------------------------------------
+
+
+def prediction() -> str:
+    return json.dumps({"id": f"pred-{uuid.uuid4().hex[:8]}", "status": "starting"})
+
+
+def openai_event() -> str:
+    return json.dumps(
+        {"id": f"evt_{uuid.uuid4().hex}", "type": "response.completed", "data": {"id": "resp_1"}}
+    )
+
+
+def deliver(
+    app: Edge,
+    *,
+    provider: str = "replicate",
+    address: str = "192.0.2.1",
+    path: str | None = None,
+    extra_headers: dict[str, str] | None = None,
+    signed: bool = True,
+):
+    """One fresh, correctly signed delivery from `address`; returns (response, headers)."""
+    body = openai_event() if provider == "openai" else prediction()
+    secret = OPENAI_SECRET if provider == "openai" else REPLICATE_SECRET
+    headers = signed_headers(secret, body) if signed else {"content-type": "application/json"}
+    headers.update(extra_headers or {})
+    path = path or (
+        f"/webhook/{provider}" if provider == "openai" else f"/webhook/{provider}/job-1"
+    )
+    response = app.client.post(
+        path, data=body, headers=headers, environ_base={"REMOTE_ADDR": address}
+    )
+    return response, headers
+
+
+def assert_json_error(response, status: int, sent_headers: dict[str, str] | None = None) -> None:
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    assert response.is_json, response.content_type
+    assert isinstance(response.get_json(), dict) and response.get_json().get("error")
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    for secret in SECRETS:
+        assert secret not in text and secret.removeprefix("whsec_") not in text
+    for value in (sent_headers or {}).values():
+        if len(value) >= 16 and value not in ("application/json",):
+            assert value not in text
+
+
+def assert_rejected_without_writes(app: Edge, status: int, **delivery) -> None:
+    before = app.snapshot()
+    queued = app.queued()
+    response, headers = deliver(app, **delivery)
+    assert_json_error(response, status, headers)
+    assert app.snapshot() == before, "a rejected delivery wrote to Redis"
+    assert app.queued() == queued
+
+
+def assert_accepted(app: Edge, **delivery) -> None:
+    queued = app.queued()
+    response, _ = deliver(app, **delivery)
+    assert response.status_code == 202, (response.status_code, response.get_data(as_text=True))
+    assert response.get_json() == {"received": True}
+    assert app.queued() == queued + 1
+
+
+# -- RATE_LIMIT -----------------------------------------------------------------------------
+
+
+def test_the_sixth_delivery_in_a_minute_gets_429_with_an_integer_retry_after(edge_app):
+    app = edge_app(RATE_LIMIT="5/minute")
+
+    for _ in range(5):
+        assert_accepted(app)
+    before = app.snapshot()
+    response, headers = deliver(app)
+
+    assert_json_error(response, 429, headers)
+    retry_after = response.headers.get("Retry-After", "")
+    assert retry_after.isdigit() and int(retry_after) > 0, retry_after
+    assert int(retry_after) <= 60
+    assert app.queued() == 5, "a rate-limited delivery must not be enqueued"
+    assert app.snapshot() == before
+
+
+def test_other_providers_and_other_addresses_are_counted_separately(edge_app):
+    app = edge_app(RATE_LIMIT="5/minute")
+    for _ in range(5):
+        assert_accepted(app, address="192.0.2.1")
+    response, _ = deliver(app, address="192.0.2.1")
+    assert response.status_code == 429
+
+    # the same address, another provider: its own budget
+    for _ in range(5):
+        assert_accepted(app, provider="openai", address="192.0.2.1")
+    # the same provider, another address: its own budget (IPv6 too)
+    for _ in range(5):
+        assert_accepted(app, address="192.0.2.2")
+    for _ in range(5):
+        assert_accepted(app, address="2001:db8::7")
+
+    assert deliver(app, provider="openai", address="192.0.2.1")[0].status_code == 429
+    assert deliver(app, address="192.0.2.2")[0].status_code == 429
+
+
+def test_rejected_deliveries_count_towards_the_limit_too(edge_app):
+    """A flood of forgeries is stopped by the limiter before any signature work."""
+    app = edge_app(RATE_LIMIT="5/minute")
+    for _ in range(5):
+        response, _ = deliver(app, signed=False)
+        assert response.status_code == 401
+
+    response, _ = deliver(app)  # correctly signed, but the budget is spent
+
+    assert_json_error(response, 429)
+    assert app.queued() == 0
+
+
+def test_an_invalid_rate_limit_stops_the_start_naming_the_variable(private_redis):
+    environ = dict(os.environ, REDIS_URL=private_redis.url, RATE_LIMIT="lots")
+
+    with pytest.raises(ConfigError, match="RATE_LIMIT"):
+        build_services(environ=environ)
+
+
+# -- the limiter's Redis down -------------------------------------------------------------------
+
+
+@pytest.fixture
+def doomed_redis():
+    server = PrivateRedis().start()
+    yield server
+    server.cleanup()
+
+
+def test_with_redis_down_nothing_is_acknowledged_and_nothing_gets_a_500(edge_app, doomed_redis):
+    """REDIS_URL is the limiter's storage, the state store and (here) the broker.
+
+    With it down, Flask-Limiter falls back to counting in the process's memory, so
+    the first five deliveries pass the limiter and fail at the claim step (503, the
+    provider retries) and the sixth is still limited (429) — never a 2xx, never a 500.
+    """
+    app = edge_app(redis_url=doomed_redis.url, RATE_LIMIT="5/minute")
+    assert_accepted(app, address="198.51.100.1")  # working before the outage
+    doomed_redis.stop()
+
+    answers = [deliver(app, address="198.51.100.2")[0] for _ in range(8)]
+
+    for response in answers:
+        assert_json_error(response, response.status_code)
+    statuses = [r.status_code for r in answers]
+    assert statuses == [503] * 5 + [429] * 3, statuses
+    assert all(r.headers.get("Retry-After", "").isdigit() for r in answers)
+
+
+def test_limiter_and_state_down_with_a_working_broker_is_503_from_the_claim_not_429_or_500(
+    edge_app, doomed_redis, private_redis
+):
+    """The limiter cannot be down on its own: it stores its counters at REDIS_URL,
+    which is also the state store holding the de-duplication claims. So with that
+    Redis down and a separate broker up, the limiter falls back to memory and lets
+    the delivery through, the claim (`SET ... NX` in DeliveryClaims.claim) fails, and
+    the answer is 503 "state store unavailable" — not 429 (the limit is not reached),
+    not 500, and nothing reaches the working broker, because a delivery that could
+    not be claimed could not be de-duplicated either.
+    """
+    broker = redis.Redis.from_url(private_redis.url)
+    broker.flushall()
+    app = edge_app(redis_url=doomed_redis.url, broker_url=private_redis.url, RATE_LIMIT="5/minute")
+    doomed_redis.stop()
+
+    response, headers = deliver(app)
+
+    assert_json_error(response, 503, headers)
+    assert "state store" in response.get_json()["error"]
+    assert broker.llen(QUEUE) == 0, "nothing may be enqueued without a claim"
+
+    doomed_redis.start()  # same port: the same app recovers without a restart
+    response, _ = deliver(app)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert broker.llen(QUEUE) == 1
+    broker.close()
+
+
+# -- IP allowlist -------------------------------------------------------------------------------
+
+ALLOWLIST = "10.0.0.0/8, 2001:db8::/32"
+
+
+@pytest.mark.parametrize("address", ["192.0.2.1", "2001:db9::1", "11.0.0.1", "::ffff:192.0.2.1"])
+def test_an_address_outside_the_allowlist_gets_403_and_nothing_is_written(edge_app, address):
+    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
+
+    assert_rejected_without_writes(app, 403, address=address)
+
+
+@pytest.mark.parametrize("address", ["10.1.2.3", "2001:db8::5", "::ffff:10.1.2.3"])
+def test_an_address_inside_the_allowlist_is_accepted(edge_app, address):
+    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
+
+    assert_accepted(app, address=address)
+
+
+def test_the_allowlist_is_per_provider(edge_app):
+    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
+
+    assert_accepted(app, provider="openai", address="192.0.2.1")
+    assert_rejected_without_writes(app, 403, provider="replicate", address="192.0.2.1")
+
+
+def test_the_allowlist_is_checked_before_the_signature(edge_app):
+    """An unsigned request from outside is 403, not 401: no signature work for it."""
+    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
+
+    assert_rejected_without_writes(app, 403, address="192.0.2.1", signed=False)
+    assert_rejected_without_writes(app, 401, address="10.1.2.3", signed=False)
+
+
+def test_an_invalid_allowlist_stops_the_start_naming_the_variable(private_redis):
+    environ = dict(
+        os.environ, REDIS_URL=private_redis.url, WEBHOOK_IP_ALLOWLIST_REPLICATE="10.0.0.0/8, nope"
+    )
+
+    with pytest.raises(ConfigError, match="WEBHOOK_IP_ALLOWLIST_REPLICATE"):
+        build_services(environ=environ)
+
+
+# -- behind proxies ------------------------------------------------------------------------------
+
+PROXY = "172.16.0.1"  # our load balancer, not in the allowlist
+
+
+def test_without_trusted_proxies_a_spoofed_forwarded_for_changes_nothing(edge_app):
+    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="0")
+
+    assert_rejected_without_writes(
+        app, 403, address="192.0.2.1", extra_headers={"X-Forwarded-For": "10.1.2.3"}
+    )
+
+
+def test_with_one_trusted_proxy_the_address_it_appended_is_the_client(edge_app):
+    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
+
+    assert_accepted(app, address=PROXY, extra_headers={"X-Forwarded-For": "10.1.2.3"})
+
+
+def test_with_one_trusted_proxy_only_the_last_hop_counts(edge_app):
+    """The client wrote `10.1.2.3`; our proxy appended the address it saw, 192.0.2.9."""
+    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
+
+    assert_rejected_without_writes(
+        app, 403, address=PROXY, extra_headers={"X-Forwarded-For": "10.1.2.3, 192.0.2.9"}
+    )
+
+
+def test_with_one_trusted_proxy_and_no_forwarded_for_the_peer_is_the_client(edge_app):
+    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
+
+    assert_rejected_without_writes(app, 403, address=PROXY)
+    assert_accepted(app, address="10.1.2.3")
+
+
+def test_behind_a_proxy_the_rate_limit_keys_on_the_forwarded_client(edge_app):
+    """Every delivery arrives from the proxy; the limit must count each client apart."""
+    app = edge_app(
+        WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1", RATE_LIMIT="5/minute"
+    )
+    client_a = {"X-Forwarded-For": "10.1.2.3"}
+    client_b = {"X-Forwarded-For": "10.1.2.4"}
+
+    for _ in range(5):
+        assert_accepted(app, address=PROXY, extra_headers=client_a)
+    response, _ = deliver(app, address=PROXY, extra_headers=client_a)
+    assert_json_error(response, 429)
+
+    for _ in range(5):
+        assert_accepted(app, address=PROXY, extra_headers=client_b)
+
+
+def test_without_trusted_proxies_a_forged_forwarded_for_does_not_evade_the_limit(edge_app):
+    app = edge_app(TRUSTED_PROXY_COUNT="0", RATE_LIMIT="5/minute")
+
+    for index in range(5):
+        assert_accepted(app, extra_headers={"X-Forwarded-For": f"10.0.0.{index}"})
+    response, _ = deliver(app, extra_headers={"X-Forwarded-For": "10.0.0.99"})
+
+    assert_json_error(response, 429)
+
+
+# -- bearer / basic on top of the signature -------------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def bearer_app(edge_app):
+    return edge_app(WEBHOOK_BEARER_TOKEN_REPLICATE=f"{BEARER} {BEARER_OLD}")
+
+
+@pytest.mark.parametrize("token", [BEARER, BEARER_OLD], ids=["new-token", "old-token"])
+def test_signature_and_either_bearer_token_of_a_rotation_are_accepted(bearer_app, token):
+    assert_accepted(bearer_app, extra_headers=bearer(token))
+
+
+@pytest.mark.parametrize(
+    ("signed", "authorization"),
+    [
+        (True, {}),
+        (False, bearer(BEARER)),
+        (True, bearer(BEARER[:-1] + ("x" if BEARER[-1] != "x" else "y"))),
+        (True, bearer(BEARER + "x")),
+        (True, {"Authorization": BEARER}),
+        (True, basic(BASIC_USER, BEARER)),
+    ],
+    ids=[
+        "signature-only",
+        "token-only",
+        "wrong-token",
+        "token-with-suffix",
+        "no-scheme",
+        "basic-instead",
+    ],
+)
+def test_bearer_and_signature_are_both_needed(bearer_app, signed, authorization):
+    assert_rejected_without_writes(bearer_app, 401, signed=signed, extra_headers=authorization)
+
+
+def test_a_bearer_token_under_16_characters_stops_the_start(private_redis):
+    environ = dict(
+        os.environ, REDIS_URL=private_redis.url, WEBHOOK_BEARER_TOKEN_REPLICATE="short-token"
+    )
+
+    with pytest.raises(ConfigError, match="WEBHOOK_BEARER_TOKEN_REPLICATE") as raised:
+        build_services(environ=environ)
+    assert "short-token" not in str(raised.value)
+
+
+@pytest.fixture
+def basic_app(edge_app):
+    return edge_app(WEBHOOK_BASIC_AUTH_REPLICATE=f"{BASIC_USER}:{BASIC_PASSWORD}")
+
+
+def test_signature_and_basic_credentials_are_accepted(basic_app):
+    assert_accepted(basic_app, extra_headers=basic(BASIC_USER, BASIC_PASSWORD))
+
+
+@pytest.mark.parametrize(
+    ("signed", "authorization"),
+    [
+        (True, {}),
+        (False, basic(BASIC_USER, BASIC_PASSWORD)),
+        (True, basic(BASIC_USER, BASIC_PASSWORD + "x")),
+        (True, basic("other", BASIC_PASSWORD)),
+        (True, {"Authorization": "Basic !!!not-base64!!!"}),
+        (True, bearer(BASIC_PASSWORD)),
+    ],
+    ids=[
+        "signature-only",
+        "credentials-only",
+        "wrong-password",
+        "wrong-user",
+        "malformed",
+        "bearer-instead",
+    ],
+)
+def test_basic_and_signature_are_both_needed(basic_app, signed, authorization):
+    assert_rejected_without_writes(basic_app, 401, signed=signed, extra_headers=authorization)
+
+
+def test_bearer_and_basic_together_stop_the_start_naming_both(private_redis):
+    environ = dict(
+        os.environ,
+        REDIS_URL=private_redis.url,
+        WEBHOOK_BEARER_TOKEN_REPLICATE=BEARER,
+        WEBHOOK_BASIC_AUTH_REPLICATE=f"{BASIC_USER}:{BASIC_PASSWORD}",
+    )
+
+    with pytest.raises(ConfigError) as raised:
+        build_services(environ=environ)
+    message = str(raised.value)
+    assert "WEBHOOK_BEARER_TOKEN_REPLICATE" in message
+    assert "WEBHOOK_BASIC_AUTH_REPLICATE" in message
+    assert BEARER not in message and BASIC_PASSWORD not in message
+
+
+# -- URL token ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def url_token_app(edge_app):
+    return edge_app(WEBHOOK_URL_TOKEN_REPLICATE=URL_TOKEN)
+
+
+def test_signed_delivery_to_the_url_with_the_token_is_accepted(url_token_app):
+    assert_accepted(url_token_app, path=f"/webhook/replicate/job-1/{URL_TOKEN}")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/webhook/replicate/job-1/{URL_TOKEN[:-1]}",
+        f"/webhook/replicate/job-1/{URL_TOKEN}x",
+        f"/webhook/replicate/job-1/{URL_TOKEN.upper()}",
+        "/webhook/replicate/job-1",
+        "/webhook/replicate",
+    ],
+    ids=["truncated", "suffixed", "other-case", "missing-per-job", "missing-project-url"],
+)
+def test_a_wrong_or_missing_url_token_is_401(url_token_app, path):
+    assert_rejected_without_writes(url_token_app, 401, path=path)
+
+
+def test_the_url_token_and_the_signature_are_both_needed(url_token_app):
+    assert_rejected_without_writes(
+        url_token_app, 401, path=f"/webhook/replicate/job-1/{URL_TOKEN}", signed=False
+    )
+
+
+def test_a_token_segment_for_a_provider_without_url_tokens_is_404(url_token_app):
+    assert_rejected_without_writes(
+        url_token_app, 404, provider="openai", path=f"/webhook/openai/job-1/{URL_TOKEN}"
+    )
+
+
+def test_the_url_token_is_not_in_the_claim_keys(url_token_app):
+    """The delivery id is the signed webhook-id: the token travels no further than the URL."""
+    response, headers = deliver(url_token_app, path=f"/webhook/replicate/job-1/{URL_TOKEN}")
+
+    assert response.status_code == 202
+    stored = url_token_app.raw.keys("*")
+    assert keys.delivery_claim("replicate", headers["webhook-id"]).encode() in stored
+    for key in stored:
+        assert URL_TOKEN.encode() not in key
+        if url_token_app.raw.type(key) == b"list":
+            for item in url_token_app.raw.lrange(key, 0, -1):
+                assert URL_TOKEN.encode() not in item
