@@ -25,6 +25,7 @@ from tests.support import PrivateRedis, body_of, signed_headers, wait_for
 from webhook_ingest import keys
 from webhook_ingest.job_update import COMPLETED, SOURCE_WEBHOOK, JobStateUpdate
 from webhook_ingest.orphans import OrphanPoller, PollOutcome
+from webhook_ingest.providers import PROVIDER_CLASSES
 from webhook_ingest.services import Services, build_services
 
 AFTER_S, INTERVAL_S, GRACE_S = 300, 60, 600
@@ -656,7 +657,7 @@ def test_a_tick_costs_the_same_with_1k_or_100k_tracked_jobs(make_poller, private
     for forbidden in ("scan", "keys", "zrange", "zcard", "zscan"):
         assert forbidden not in measured[100_000]
     # One bounded range read per provider, one reschedule per stale job.
-    assert measured[100_000]["zrangebyscore"] == len(PROVIDERS)
+    assert measured[100_000]["zrangebyscore"] == len(PROVIDER_CLASSES)
     assert measured[100_000]["zadd"] == 10
     store.close()
 

@@ -35,8 +35,8 @@ def check_config() -> None:
             click.echo(f"provider {name}: enabled ({provider.verifier.scheme})")
         else:
             click.echo(
-                f"provider {name}: DISABLED - "
-                f"set WEBHOOK_SECRET_{name.upper()} to accept its webhooks"
+                f"provider {name}: DISABLED - configure its verification "
+                f"({provider.configuration_hint}) to accept its webhooks"
             )
     settings = services.settings
     click.echo(f"redis: {settings.redis_url}")

@@ -184,6 +184,11 @@ class Provider(WebhookCapableConnector):
         return self.verifier is not None
 
     @property
+    def configuration_hint(self) -> str:
+        """The variable an operator sets to enable this provider's webhooks."""
+        return env_name(self.name, prefix="WEBHOOK_SECRET_")
+
+    @property
     def takes_url_token(self) -> bool:
         """Whether its webhook URLs end in a secret token segment."""
         return self.verifier is not None and "url-token" in self.verifier.scheme.split("+")

@@ -95,6 +95,7 @@ def app_id(model: str, answer: dict[str, Any], base_url: str, request_id: str) -
 
 class FalProvider(Provider):
     name = "fal"
+    configuration_hint = "WEBHOOK_JWKS_URL_FAL"
     default_base_url = "https://queue.fal.run"
 
     def __init__(self, settings: Settings, environ=None) -> None:

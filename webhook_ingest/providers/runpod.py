@@ -80,6 +80,7 @@ def update_from_status(job_status: dict[str, Any], job: JobRef, source: str) -> 
 
 class RunPodProvider(Provider):
     name = "runpod"
+    configuration_hint = "WEBHOOK_URL_TOKEN_RUNPOD"
     default_base_url = "https://api.runpod.ai/v2"
 
     def __init__(self, settings: Settings, environ=None) -> None:
