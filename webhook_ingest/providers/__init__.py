@@ -31,8 +31,13 @@ PROVIDER_CLASSES: dict[str, type[Provider]] = {
 def load_providers(
     settings: Settings, environ: Mapping[str, str] | None = None
 ) -> dict[str, Provider]:
-    """Every known provider, configured from the environment (ConfigError if invalid)."""
-    return {name: cls(settings, environ) for name, cls in PROVIDER_CLASSES.items()}
+    """Every known provider, configured from the environment (ConfigError if invalid):
+    the built-in classes, then those declared in WEBHOOK_PROVIDERS_FILE, if set."""
+    from webhook_ingest.providers.declarative import providers_from_environ
+
+    providers = {name: cls(settings, environ) for name, cls in PROVIDER_CLASSES.items()}
+    providers.update(providers_from_environ(settings, environ, reserved=PROVIDER_CLASSES))
+    return providers
 
 
 __all__ = [

@@ -5,6 +5,7 @@
 | Standard Webhooks | standard_webhooks | openai, replicate |
 | Ed25519, keys from a JWKS (cached in process and Redis) | ed25519_jwks | fal |
 | URL token (a secret path segment; no signature) | tokens | runpod |
+| HMAC, configurable (header, SHA-256/512, hex/base64, timestamp) | hmac_signature | declarative |
 """
 
 from webhook_ingest.verification.base import (
@@ -16,6 +17,7 @@ from webhook_ingest.verification.base import (
     body_digest,
 )
 from webhook_ingest.verification.ed25519_jwks import Ed25519JwksVerifier, JwksCache
+from webhook_ingest.verification.hmac_signature import HmacOptions, HmacVerifier
 from webhook_ingest.verification.standard_webhooks import (
     SECRET_PREFIX,
     StandardWebhooksVerifier,
@@ -25,6 +27,8 @@ from webhook_ingest.verification.standard_webhooks import (
 __all__ = [
     "AllOf",
     "Ed25519JwksVerifier",
+    "HmacOptions",
+    "HmacVerifier",
     "JwksCache",
     "SECRET_PREFIX",
     "StandardWebhooksVerifier",
