@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import json
+from pathlib import Path
 
 import pytest
 import requests
@@ -33,6 +35,7 @@ from webhook_ingest.config import load_settings
 from webhook_ingest.ingest import parse_payload
 from webhook_ingest.job_update import JobStateUpdate, validated
 from webhook_ingest.providers import JobRef, PayloadError
+from webhook_ingest.providers.declarative import DeclarativeProvider, parse_specs, read_document
 from webhook_ingest.providers.fal import FalProvider
 from webhook_ingest.providers.openai import (
     _EVENT_STATUS,
@@ -44,6 +47,8 @@ from webhook_ingest.providers.runpod import RunPodProvider, update_from_status
 from webhook_ingest.verification import (
     AllOf,
     Ed25519JwksVerifier,
+    HmacOptions,
+    HmacVerifier,
     JwksCache,
     StandardWebhooksVerifier,
     VerificationError,
@@ -70,6 +75,30 @@ BASIC = "hooks:pass-word-0123456789"
 URL_TOKEN = "url-token-0123456789abcdef"
 BASIC_HEADER = "Basic " + base64.b64encode(BASIC.encode()).decode()
 FAL_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"fuzz-fal-key").digest())
+HMAC_SECRET = "hmac-secret-0123456789"
+HMAC_OLD_SECRET = "hmac-secret-old-9876543210"
+# The generic HMAC scheme as three providers use it (and as declarative providers configure it)
+HMAC_VARIANTS = {
+    "github": HmacOptions(
+        signature_header="X-Hub-Signature-256",
+        prefix="sha256=",
+        delivery_id_header="X-GitHub-Delivery",
+    ),
+    "slack": HmacOptions(
+        signature_header="X-Slack-Signature",
+        prefix="v0=",
+        timestamp_header="X-Slack-Request-Timestamp",
+        signed_content="v0:{timestamp}:{body}",
+    ),
+    "sha512-base64-signed-id": HmacOptions(
+        signature_header="X-Acme-Signature",
+        algorithm="sha512",
+        encoding="base64",
+        timestamp_header="X-Acme-Timestamp",
+        delivery_id_header="X-Acme-Delivery",
+        signed_content="{delivery_id}.{timestamp}.{body}",
+    ),
+}
 FAL_HEADERS = (
     "X-Fal-Webhook-Request-Id",
     "X-Fal-Webhook-User-Id",
@@ -113,7 +142,15 @@ def _verifiers() -> dict[str, object]:
     basic = BasicAuthVerifier.from_env(BASIC, "WEBHOOK_BASIC_AUTH_X")
     url_token = UrlTokenVerifier.from_env(URL_TOKEN, "WEBHOOK_URL_TOKEN_X")
     ed25519 = Ed25519JwksVerifier(_jwks_cache(), TOLERANCE)
+    hmacs = {
+        f"hmac-{name}": HmacVerifier.from_env(
+            options, {"HMAC_SECRET": f"{HMAC_SECRET} {HMAC_OLD_SECRET}"}, "HMAC_SECRET", TOLERANCE
+        )
+        for name, options in HMAC_VARIANTS.items()
+    }
     return {
+        **hmacs,
+        "all-of(hmac-github+url-token)": AllOf([hmacs["hmac-github"], url_token]),
         "standard-webhooks": sw,
         "bearer": bearer,
         "basic": basic,
@@ -141,6 +178,14 @@ HEADER_NAMES = (
     "webhook-signature",
     "Authorization",
     *FAL_HEADERS,
+    *sorted(
+        {
+            name
+            for o in HMAC_VARIANTS.values()
+            for name in (o.signature_header, o.timestamp_header, o.delivery_id_header)
+            if name
+        }
+    ),
 )
 
 
@@ -165,6 +210,25 @@ def fal_headers(body: bytes, request_id: str, user_id: str, ts: str) -> dict[str
             strict=True,
         )
     )
+
+
+def hmac_headers(options: HmacOptions, body: bytes, delivery_id: str, ts: str, secret: str):
+    """Headers as a provider signing with `options` sends them (Python's hmac, by the docs)."""
+    content = (
+        options.template.replace("{delivery_id}", delivery_id)
+        .replace("{timestamp}", ts)
+        .encode()
+        .replace(b"{body}", body)
+    )
+    algorithm = hashlib.sha512 if options.algorithm == "sha512" else hashlib.sha256
+    digest = hmac.new(secret.encode(), content, algorithm).digest()
+    encoded = digest.hex() if options.encoding == "hex" else base64.b64encode(digest).decode()
+    headers = {options.signature_header: options.prefix + encoded}
+    if options.timestamp_header:
+        headers[options.timestamp_header] = ts
+    if options.delivery_id_header:
+        headers[options.delivery_id_header] = delivery_id
+    return headers
 
 
 def header_values(text: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -223,6 +287,14 @@ def requests_(draw, text: st.SearchStrategy[str]):
         except UnicodeEncodeError:
             headers[FAL_HEADERS[0]] = request_id
     if draw(st.booleans()):
+        options = draw(st.sampled_from(list(HMAC_VARIANTS.values())))
+        delivery_id = draw(st.one_of(st.just("delivery-1"), text))
+        secret = draw(st.sampled_from([HMAC_SECRET, HMAC_OLD_SECRET]))
+        try:
+            headers.update(hmac_headers(options, body, delivery_id, ts, secret))
+        except UnicodeEncodeError:
+            headers[options.delivery_id_header or "X-Acme-Delivery"] = delivery_id
+    if draw(st.booleans()):
         genuine = st.sampled_from([f"Bearer {BEARER}", f"Bearer {BEARER_OLD}", BASIC_HEADER])
         headers["Authorization"] = draw(st.one_of(genuine, header_values(text)))
     # then change, add or blank any header, known names or not
@@ -277,12 +349,16 @@ SURROGATE_CRASHES = (
     "url-token",
     "all-of(standard-webhooks+bearer)",
     "all-of(url-token+standard-webhooks)",
+    "all-of(hmac-github+url-token)",
 )
 SURROGATE_CASES = [
     pytest.param(name, marks=SURROGATE_BUG if name in SURROGATE_CRASHES else ())
     for name in VERIFIERS
 ]
-_SIGNED = sw_headers(b"{}", "msg_1", str(NOW))
+_SIGNED = {
+    **sw_headers(b"{}", "msg_1", str(NOW)),
+    **hmac_headers(HMAC_VARIANTS["github"], b"{}", "delivery-1", str(NOW), HMAC_SECRET),
+}
 
 
 @pytest.mark.parametrize("name", SURROGATE_CASES)
@@ -301,6 +377,8 @@ def test_the_verifiers_accept_what_the_providers_send():
         **fal_headers(body, "req-1", "user-1", str(NOW)),
         "Authorization": f"Bearer {BEARER}",
     }
+    for options in HMAC_VARIANTS.values():
+        headers.update(hmac_headers(options, body, "delivery-1", str(NOW), HMAC_SECRET))
     basic = {**headers, "Authorization": "Basic " + base64.b64encode(BASIC.encode()).decode()}
     for name, verifier in VERIFIERS.items():
         sent = basic if "basic" in name else headers
@@ -327,17 +405,17 @@ json_values = st.recursive(
 
 
 def shaped(**fields: st.SearchStrategy) -> st.SearchStrategy:
-    """A dict with any of the given keys (each a real-looking or any value), plus noise."""
-    known = st.fixed_dictionaries(
+    """Any JSON value; or a dict with some of the given keys, each real-looking or any
+    value; or one with all of them real-looking — plus noise keys."""
+    some = st.fixed_dictionaries(
         {}, optional={key: st.one_of(strategy, json_values) for key, strategy in fields.items()}
     )
+    every = st.fixed_dictionaries(fields)
+    noise = st.dictionaries(st.text(max_size=8), json_values, max_size=3)
     return st.one_of(
         json_values,
-        st.builds(
-            lambda a, b: {**b, **a},
-            known,
-            st.dictionaries(st.text(max_size=8), json_values, max_size=3),
-        ),
+        st.builds(lambda known, extra: {**extra, **known}, some, noise),
+        st.builds(lambda known, extra: {**extra, **known}, every, noise),
     )
 
 
@@ -510,11 +588,111 @@ def test_runpod_statuses_normalize_or_raise_payload_error(payload):
     normalize(lambda p: RUNPOD.to_update(p, JOB), payload)
 
 
+# -- declarative providers -------------------------------------------------------------------
+
+EXAMPLE_FILE = Path(__file__).resolve().parent.parent / "examples" / "providers.yaml"
+GITHUB = DeclarativeProvider(
+    parse_specs(read_document(str(EXAMPLE_FILE)))[0],
+    SETTINGS,
+    {"WEBHOOK_SECRET_GITHUB": HMAC_SECRET, "GITHUB_TOKEN": "ghp_fuzz"},
+)
+# every optional field, lists of paths, list indexes, a 0-1 progress scale, a gate
+ACME = DeclarativeProvider(
+    parse_specs(
+        {
+            "providers": [
+                {
+                    "name": "acme",
+                    "verification": {"scheme": "bearer", "token_env": "ACME_TOKEN"},
+                    "external_id": ["job.id", "id"],
+                    "ignore_unless_present": "job",
+                    "status": ["job.state", "states.0"],
+                    "status_map": {
+                        "queued": "processing",
+                        "running": "processing",
+                        "done": "completed",
+                        "1": "completed",
+                        "error": "failed",
+                    },
+                    "progress": ["job.progress", "progress"],
+                    "progress_scale": 1,
+                    "result": ["job.output.0", "output"],
+                    "error": ["job.error.message", "error"],
+                }
+            ]
+        }
+    )[0],
+    SETTINGS,
+    {"ACME_TOKEN": BEARER},
+)
+DECLARATIVE = {"github": GITHUB, "acme": ACME}
+
+workflow_runs = shaped(
+    action=st.sampled_from(["requested", "in_progress", "completed"]),
+    workflow_run=shaped(
+        id=st.one_of(ids, st.integers()),
+        status=st.sampled_from(["queued", "in_progress", "completed", "weird"]),
+        conclusion=st.sampled_from(["success", "failure", "cancelled", "neutral", "odd"]),
+        html_url=st.text(max_size=30),
+    ),
+)
+numbers = st.one_of(
+    st.integers(min_value=-5, max_value=200),
+    st.floats(min_value=-1, max_value=2, allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+acme_jobs = shaped(
+    id=st.one_of(ids, st.integers()),
+    states=st.lists(st.sampled_from(["queued", "done", "error", "1", "x"]), max_size=2),
+    progress=numbers,
+    output=json_values,
+    error=json_values,
+    job=shaped(
+        id=st.one_of(ids, st.integers()),
+        state=st.one_of(
+            st.sampled_from(["queued", "running", "done", "error", "?"]), st.integers()
+        ),
+        progress=numbers,
+        output=st.lists(json_values, max_size=2),
+        error=shaped(message=json_values),
+    ),
+)
+
+
+@pytest.mark.parametrize("name", DECLARATIVE)
+@FUZZ
+@given(payload=st.one_of(workflow_runs, acme_jobs))
+def test_declarative_providers_normalize_or_raise_payload_error(name, payload):
+    normalize(lambda p: DECLARATIVE[name].to_update(p, JOB), payload)
+
+
+@FUZZ
+@given(answer=workflow_runs.map(lambda p: p.get("workflow_run") if isinstance(p, dict) else p))
+def test_a_declarative_poll_answer_normalizes_or_raises_payload_error(answer):
+    fields = GITHUB.spec.poll.fields
+    normalize(lambda a: fields.update(a, JOB, "ext-1", "github", "orphan_poll"), answer)
+
+
+def test_the_declarative_strategies_reach_real_updates():
+    run = {"workflow_run": {"id": 30433642, "status": "completed", "conclusion": "success"}}
+    assert GITHUB.to_update(run, JOB).status == "completed"
+    assert GITHUB.external_id(run) == "30433642"
+    job = {"job": {"id": "a1", "state": "running", "progress": 0.29, "output": [{"u": 1}]}}
+    update = ACME.to_update(job, JOB)
+    assert (update.status, update.progress, update.result) == ("processing", 29, {"u": 1})
+    assert ACME.to_update({"id": "a1", "states": ["done"]}, JOB) is None  # no `job`: ignored
+
+
 # -- what ingest asks every provider before normalizing ------------------------------------------
 
-PROVIDERS = {"replicate": REPLICATE, "openai": OPENAI, "fal": FAL, "runpod": RUNPOD}
+PROVIDERS = {"replicate": REPLICATE, "openai": OPENAI, "fal": FAL, "runpod": RUNPOD, **DECLARATIVE}
 any_payload = st.one_of(
-    replicate_predictions, openai_events_without_fetch, fal_completions, runpod_statuses
+    replicate_predictions,
+    openai_events_without_fetch,
+    fal_completions,
+    runpod_statuses,
+    workflow_runs,
+    acme_jobs,
 )
 UNHASHABLE_TYPE_BUG = pytest.mark.xfail(
     strict=True,
