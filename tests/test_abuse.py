@@ -522,13 +522,6 @@ def test_authentic_deliveries_with_odd_content_types_are_received(target):
         assert response.status_code == 202, (content_type, response.get_data(as_text=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: receiver.receive catches only ValueError around strict_json.loads; a body "
-        "nested ~1000 levels deep raises RecursionError, answered 500 by the catch-all handler"
-    ),
-)
 @pytest.mark.parametrize("depth", [1_000, 5_000], ids=["depth-1000", "depth-5000"])
 @pytest.mark.parametrize("opener", ["[", '{"a":'], ids=["arrays", "objects"])
 def test_an_authentic_but_deeply_nested_body_is_400_not_500(target, opener, depth):
@@ -865,13 +858,6 @@ def test_no_secret_token_or_signature_reaches_the_gunicorn_log(gunicorn):
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: receiver.receive catches only ValueError around strict_json.loads; an "
-        "authentic body nested 3000 levels deep raises RecursionError and gunicorn answers 500"
-    ),
-)
 def test_an_authentic_deeply_nested_body_is_400_not_500_through_gunicorn(gunicorn):
     server, store = gunicorn
     queued = store.llen(QUEUE)
@@ -894,15 +880,6 @@ MALFORMED_CHUNKED = {
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: a malformed chunked body makes gunicorn's body reader raise (InvalidChunkSize, "
-        "ChunkMissingTerminator, InvalidHeader, InvalidChunkExtension) inside "
-        "receiver.read_body -> request.get_data; nothing catches it but the catch-all "
-        "handler, so an unauthenticated request gets 500 and an ERROR traceback in the log"
-    ),
-)
 @pytest.mark.parametrize("chunks", MALFORMED_CHUNKED.values(), ids=MALFORMED_CHUNKED.keys())
 def test_a_malformed_chunked_body_is_4xx_not_500_through_gunicorn(gunicorn, chunks):
     server, store = gunicorn

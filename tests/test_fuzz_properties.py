@@ -332,17 +332,6 @@ def test_a_verifier_returns_verified_or_raises_verification_error(name, request)
     check_verifier(VERIFIERS[name], *request)
 
 
-SURROGATE_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason=(
-        "bug: tokens.py BearerTokenVerifier / UrlTokenVerifier encode the given token with "
-        "encode('utf-8', 'surrogateescape'), which raises UnicodeEncodeError for a lone "
-        "surrogate outside U+DC80-U+DCFF (e.g. '\\ud800') instead of VerificationError. "
-        "Not reachable through WSGI (werkzeug hands over no surrogates), but it breaks the "
-        "Verifier contract; encode with errors='replace' or catch UnicodeError"
-    ),
-)
 # the verifiers that meet a surrogate token before any other check rejects the request
 SURROGATE_CRASHES = (
     "bearer",
@@ -351,10 +340,7 @@ SURROGATE_CRASHES = (
     "all-of(url-token+standard-webhooks)",
     "all-of(hmac-github+url-token)",
 )
-SURROGATE_CASES = [
-    pytest.param(name, marks=SURROGATE_BUG if name in SURROGATE_CRASHES else ())
-    for name in VERIFIERS
-]
+SURROGATE_CASES = [pytest.param(name) for name in VERIFIERS]
 _SIGNED = {
     **sw_headers(b"{}", "msg_1", str(NOW)),
     **hmac_headers(HMAC_VARIANTS["github"], b"{}", "delivery-1", str(NOW), HMAC_SECRET),
@@ -534,16 +520,6 @@ def test_replicate_predictions_normalize_or_raise_payload_error(payload):
     normalize(lambda p: REPLICATE.to_update(p, JOB), payload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "bug: replicate.progress_from_logs calls int() on the tqdm percentage of the logs; "
-        "a percentage of more than 4300 digits raises ValueError (Python's int string "
-        "limit) instead of being clamped or ignored, so a processing update whose logs "
-        "contain one is parked by the worker as an 'error' dead letter"
-    ),
-)
 def test_a_replicate_log_line_with_a_huge_percentage_does_not_crash_the_normalizer():
     logs = "1" * 4301 + "%|##########| 1/1 [00:01<00:00]\n"
     prediction = {"id": "pred-1", "status": "processing", "logs": logs}
@@ -694,20 +670,11 @@ any_payload = st.one_of(
     workflow_runs,
     acme_jobs,
 )
-UNHASHABLE_TYPE_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason=(
-        "bug: OpenAIProvider.waits_for_mapping does `payload.get('type') in _EVENT_STATUS`; "
-        "a verified event whose `type` is a list or object raises TypeError (unhashable) "
-        "in ingest() when the event names no job, instead of being recorded as ignored"
-    ),
-)
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=UNHASHABLE_TYPE_BUG if n == "openai" else ()) for n in PROVIDERS],
+    list(PROVIDERS),
 )
 @FUZZ
 @given(payload=any_payload)
@@ -744,15 +711,6 @@ def test_parse_payload_returns_an_object_or_raises_payload_error(body):
     assert isinstance(payload, dict)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason=(
-        "bug: strict_json.loads / ingest.parse_payload let RecursionError out for JSON "
-        "nested ~1000 levels deep (json's C scanner), where ValueError/PayloadError is "
-        "expected; the receiver has the same gap (500, see test_abuse.py)"
-    ),
-)
 @pytest.mark.parametrize("opener, closer", [("[", "]"), ('{"a":', "}")], ids=["arrays", "objects"])
 def test_parse_payload_of_deeply_nested_json_is_a_payload_error(opener, closer):
     body = opener * 100_000 + "1" + closer * 100_000

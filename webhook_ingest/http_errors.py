@@ -24,6 +24,7 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException):
         messages = {
             429: "too many requests",
+            400: "bad request",
             413: "body too large",
             404: "not found",
             405: "method not allowed",

@@ -10,7 +10,7 @@ import logging
 import re
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from webhook_ingest import strict_json
 from webhook_ingest.delivery import Delivery, kept_headers
@@ -94,7 +94,12 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
 
 def read_body(limit: int) -> bytes:
     """The raw body, or 413 when it is larger than `limit`, with or without Content-Length."""
-    body = request.get_data(cache=False)  # stops after limit + 1 bytes (see create_app)
+    try:
+        body = request.get_data(cache=False)  # stops after limit + 1 bytes (see create_app)
+    except HTTPException:
+        raise
+    except Exception:  # the server's parser refused the framing (e.g. a bad chunk size)
+        raise BadRequest("malformed request body") from None
     if len(body) > limit:
         raise RequestEntityTooLarge()
     return body

@@ -13,7 +13,10 @@ def _reject_constant(name: str) -> Any:
 
 def loads(text: str | bytes) -> Any:
     """Parse strict JSON; ValueError for anything else, NaN and Infinity included."""
-    return json.loads(text, parse_constant=_reject_constant)
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:  # nesting deeper than the parser's stack: not a payload we take
+        raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(value: Any) -> str:

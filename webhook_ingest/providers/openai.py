@@ -104,7 +104,8 @@ class OpenAIProvider(Provider):
         return require_str(payload, "data", "id")
 
     def waits_for_mapping(self, payload: dict[str, Any]) -> bool:
-        return payload.get("type") in _EVENT_STATUS
+        event_type = payload.get("type") if isinstance(payload, dict) else None
+        return isinstance(event_type, str) and event_type in _EVENT_STATUS
 
     def fetch_response(self, response_id: str) -> dict[str, Any]:
         _, body = provider_http.get_json(self.session, f"{self.base_url}/responses/{response_id}")

@@ -31,7 +31,8 @@ from webhook_ingest.providers.base import (
 )
 
 # The official client's tqdm pattern (replicate/prediction.py); last match wins.
-_TQDM_LINE = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)", re.MULTILINE)
+# (\d{1,3} rather than \d+: a percentage, and int() of thousands of digits raises)
+_TQDM_LINE = re.compile(r"^\s*(\d{1,3})%\s*\|.+?\|\s*(\d+)/(\d+)", re.MULTILINE)
 
 _STATUS = {
     "starting": PROCESSING,

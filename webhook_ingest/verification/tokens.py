@@ -18,6 +18,13 @@ from webhook_ingest.verification.base import VerificationError, Verified, matche
 MIN_TOKEN_LENGTH = 16  # shorter secrets are guessable over the internet
 
 
+def _as_bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate cannot be a configured token
+        raise VerificationError("malformed token") from None
+
+
 def _tokens(value: str, variable: str) -> list[bytes]:
     tokens = [token.encode() for token in value.split()]
     if not tokens:
@@ -45,7 +52,7 @@ class BearerTokenVerifier:
         scheme, _, given = headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise VerificationError("missing bearer token")
-        if not matches_any(given.strip().encode("utf-8", "surrogateescape"), self._tokens):
+        if not matches_any(_as_bytes(given.strip()), self._tokens):
             raise VerificationError("invalid bearer token")
         return Verified()
 
@@ -101,6 +108,6 @@ class UrlTokenVerifier:
     ) -> Verified:
         if not url_token:
             raise VerificationError("missing URL token")
-        if not matches_any(url_token.encode("utf-8", "surrogateescape"), self._tokens):
+        if not matches_any(_as_bytes(url_token), self._tokens):
             raise VerificationError("invalid URL token")
         return Verified()
