@@ -51,9 +51,7 @@ class Isolated:
         Rate-limit counters are left out: counting rejected requests is their job.
         """
         return {
-            key: self.raw.dump(key)
-            for key in self.raw.keys("*")
-            if not key.startswith(b"LIMITS:")
+            key: self.raw.dump(key) for key in self.raw.keys("*") if not key.startswith(b"LIMITS:")
         }
 
     def queued(self) -> int:
