@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 
 from webhook_ingest.config import ConfigError
 from webhook_ingest.verification.base import (
-    MAX_DELIVERY_ID_LENGTH,
     VerificationError,
     Verified,
+    check_delivery_id,
     check_timestamp,
     matches_any,
 )
@@ -71,8 +71,7 @@ class StandardWebhooksVerifier:
         signatures = headers.get("webhook-signature", "")
         if not (msg_id and timestamp_text and signatures):
             raise VerificationError("missing signature headers")
-        if len(msg_id) > MAX_DELIVERY_ID_LENGTH or not msg_id.isprintable():
-            raise VerificationError("invalid webhook-id")
+        check_delivery_id(msg_id)
         timestamp = check_timestamp(timestamp_text, self._tolerance, now)
 
         signed = b"%s.%s.%s" % (msg_id.encode(), timestamp_text.encode(), body)
