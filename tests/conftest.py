@@ -115,3 +115,16 @@ def job_id():
 @pytest.fixture
 def admin_headers():
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def quiet_broker():
+    """A broker no worker consumes: deliveries accepted by tests that do not apply
+    them must not reach the shared worker and write into later tests' Redis."""
+    from tests.support import PrivateRedis, celery_for
+
+    server = PrivateRedis().start()
+    celery_app = celery_for(server.url)
+    yield celery_app
+    celery_app.close()
+    server.cleanup()

@@ -248,3 +248,12 @@ def celery_for(broker_url: str) -> Celery:
     celery_app.conf.broker_read_url = broker_url
     assert celery_app.connection_for_write().as_uri(include_password=True) == broker_url
     return celery_app
+
+
+def client_for(services, celery_app):
+    """A Flask test client for the receiver built on `services` and `celery_app`."""
+    from webhook_ingest.app import create_app
+
+    app = create_app(services, celery_app)
+    app.testing = True
+    return app.test_client()

@@ -26,9 +26,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import PrivateRedis, celery_for, free_port, wait_for
+from tests.support import client_for, free_port, wait_for
 from webhook_ingest import keys
-from webhook_ingest.app import create_app
 from webhook_ingest.config import ConfigError
 from webhook_ingest.delivery import Delivery
 from webhook_ingest.ingest import ingest
@@ -137,23 +136,6 @@ def signer():
 def fal_services(redis_client, api, signer):
     api.respond("GET", JWKS_PATH, (200, jwks(signer)))
     return build_services(environ=fal_environ(api))
-
-
-@pytest.fixture(scope="module")
-def quiet_broker():
-    """A broker no worker consumes: deliveries accepted by tests that do not apply
-    them must not reach the shared worker and write into later tests' Redis."""
-    server = PrivateRedis().start()
-    celery_app = celery_for(server.url)
-    yield celery_app
-    celery_app.close()
-    server.cleanup()
-
-
-def client_for(services, celery_app):
-    app = create_app(services, celery_app)
-    app.testing = True
-    return app.test_client()
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support import PrivateRedis, celery_for, wait_for
+from tests.support import client_for, wait_for
 from webhook_ingest import keys
-from webhook_ingest.app import create_app
 from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.provider_http import ProviderError, ProviderNotFound
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError
@@ -52,23 +51,6 @@ def runpod_environ(api, **overrides) -> dict[str, str]:
 @pytest.fixture
 def runpod_services(redis_client, api):
     return build_services(environ=runpod_environ(api))
-
-
-@pytest.fixture(scope="module")
-def quiet_broker():
-    """A broker no worker consumes: deliveries accepted by tests that do not apply
-    them must not reach the shared worker and write into later tests' Redis."""
-    server = PrivateRedis().start()
-    celery_app = celery_for(server.url)
-    yield celery_app
-    celery_app.close()
-    server.cleanup()
-
-
-def client_for(services, celery_app):
-    app = create_app(services, celery_app)
-    app.testing = True
-    return app.test_client()
 
 
 @pytest.fixture
