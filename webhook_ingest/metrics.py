@@ -1,0 +1,93 @@
+"""Every Prometheus metric the service exports, defined once.
+
+Labels are bounded sets only: provider names come from configuration (an
+unknown provider in a URL is counted as "unknown"), reasons and outcomes are
+fixed strings in the code. Never a job id, delivery id or client address.
+
+Processes: under gunicorn and in a prefork Celery worker each child counts into
+files in `PROMETHEUS_MULTIPROC_DIR` (see webhook_ingest.metrics_exposition,
+scripts/with-metrics-dir.sh); a single process (tests, `flask run`) counts in
+memory. Gauges that describe Redis rather than a process (dead-letter depth,
+tracked jobs) are read from Redis at scrape time instead of being counted.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+# -- receiver -------------------------------------------------------------------
+
+DELIVERIES_RECEIVED = Counter(
+    "webhook_deliveries_received_total",
+    "Webhook deliveries answered by the receiver, by provider and outcome "
+    "(accepted, duplicate, in_flight, or the rejection reason).",
+    ["provider", "outcome"],
+)
+VERIFICATION_FAILURES = Counter(
+    "webhook_verification_failures_total",
+    "Deliveries refused by signature/token verification, by provider and reason.",
+    ["provider", "reason"],
+)
+ENQUEUE_SECONDS = Histogram(
+    "webhook_enqueue_seconds",
+    "Time to make a verified delivery durable on the broker (publish, with confirms).",
+    ["provider"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+# -- worker ---------------------------------------------------------------------
+
+DELIVERIES_PROCESSED = Counter(
+    "webhook_deliveries_processed_total",
+    "Deliveries handled by a worker, by provider and outcome (applied, unchanged, "
+    "terminal, duplicate, ignored, retried, parked).",
+    ["provider", "outcome"],
+)
+RECEIVE_TO_APPLIED_SECONDS = Histogram(
+    "webhook_receive_to_applied_seconds",
+    "From the receiver accepting a delivery to its update being applied to job_state.",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+STATE_UPDATES = Counter(
+    "webhook_state_updates_total",
+    "Normalized updates offered to job_state, by source (webhook, orphan_poll), "
+    "normalized status and outcome (applied, unchanged, terminal, duplicate).",
+    ["source", "status", "outcome"],
+)
+UNMATCHED_DELIVERIES = Counter(
+    "webhook_unmatched_deliveries_total",
+    "Worker attempts that found no registered job for a delivery (retried until "
+    "UNMATCHED_RETRY_SECONDS, then parked).",
+    ["provider"],
+)
+DEAD_LETTERED = Counter(
+    "webhook_dead_letters_total",
+    "Deliveries parked as dead letters, by provider and reason.",
+    ["provider", "reason"],
+)
+
+# -- orphan recovery and provider APIs ---------------------------------------------
+
+ORPHANS_DETECTED = Counter(
+    "webhook_orphans_detected_total",
+    "Jobs found stale (no webhook for ORPHAN_AFTER_SECONDS) and queued for a poll.",
+    ["provider"],
+)
+ORPHAN_POLLS = Counter(
+    "webhook_orphan_polls_total",
+    "Orphan polls by provider and outcome (applied, unchanged, finished, not_found, "
+    "backing_off, forgotten).",
+    ["provider", "outcome"],
+)
+PROVIDER_API_ERRORS = Counter(
+    "webhook_provider_api_errors_total",
+    "Provider API calls that failed, by provider and HTTP status (or 'connection').",
+    ["provider", "status"],
+)
+CONSISTENCY_CHECKS = Counter(
+    "webhook_consistency_checks_total",
+    "Finished jobs re-polled by the consistency check, by provider and result "
+    "(agree, disagree, unavailable).",
+    ["provider", "result"],
+)
