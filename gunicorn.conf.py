@@ -6,6 +6,8 @@
 import multiprocessing
 import os
 
+from webhook_ingest import json_logs, metrics_dir
+
 
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -45,6 +47,9 @@ limit_request_field_size = 8190
 # path, so it is opt-in. Errors always go to stderr.
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") == "1" else None
 errorlog = "-"
+# gunicorn's own lines in the service's format (JSON by default), with request
+# text that may carry a URL or bearer token withheld (webhook_ingest.json_logs).
+logconfig_dict = json_logs.gunicorn_logconfig()
 
 # No preload: the app's Redis and broker connections must be made in each
 # worker after the fork, never shared between processes through it.
@@ -58,3 +63,23 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # of the user (~/.gunicorn/gunicorn.ctl), so a second gunicorn on the host (the
 # end-to-end tests, another checkout) would take it over. Operators use signals.
 control_socket_disable = True
+
+
+# Prometheus: every worker process counts into files in one directory, which
+# /metrics sums (webhook_ingest.metrics_endpoint). Prepared here, in the master,
+# before any worker imports prometheus_client; emptied at each start (not on a
+# HUP reload, whose new workers keep counting into the same files).
+def on_starting(server):
+    server.metrics_dir = metrics_dir.prepare("web")
+
+
+def on_exit(server):
+    metrics_dir.remove_if_private(getattr(server, "metrics_dir", ""))
+
+
+def child_exit(server, worker):
+    # prometheus_client's multiprocess docs: tell it a worker is gone, so live
+    # gauges stop counting it (counters keep what the worker counted).
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

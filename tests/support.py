@@ -23,6 +23,8 @@ import redis
 from celery import Celery
 from standardwebhooks import Webhook
 
+from webhook_ingest.keys import job_state
+
 
 def signed_headers(
     secret: str,
@@ -206,9 +208,16 @@ class FakeProviderAPI:
 
 
 class Subscriber:
-    """Collects every message published on the given channels, in order."""
+    """Collects every message published on the given channels about jobs in this
+    Redis database, in order.
+
+    Pub/sub channels are shared by all databases of a server, so a test run on
+    another database of the same server (a second checkout, a helper) publishes
+    on the same channels; its jobs have no state in ours, and are left out.
+    """
 
     def __init__(self, client: redis.Redis, *channels: str) -> None:
+        self._client = client
         self.pubsub = client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(*channels)
         wait_for(lambda: self._subscribed(len(channels)), timeout=5, message="subscription")
@@ -225,9 +234,15 @@ class Subscriber:
             if message:
                 channel = message["channel"]
                 channel = channel.decode() if isinstance(channel, bytes) else channel
-                self.messages.append((channel, json.loads(message["data"])))
+                data = json.loads(message["data"])
+                if self._ours(data):
+                    self.messages.append((channel, data))
                 deadline = time.monotonic() + settle
         return self.messages
+
+    def _ours(self, data: object) -> bool:
+        job_id = data.get("job_id") if isinstance(data, dict) else None
+        return not isinstance(job_id, str) or bool(self._client.exists(job_state(job_id)))
 
     def close(self) -> None:
         self.pubsub.close()

@@ -40,6 +40,7 @@ class Settings:
     orphan_not_found_grace_seconds: int
     adoption_scan_budget: int
     broker_visibility_timeout_seconds: int
+    worker_metrics_port: int
     dedup_ttl_seconds: int
     unmatched_retry_seconds: int
     dead_letter_ttl_seconds: int
@@ -100,6 +101,8 @@ class SettingsSchema(Schema):
     broker_visibility_timeout_seconds = _int(
         "BROKER_VISIBILITY_TIMEOUT_SECONDS", 90, validate.Range(10, MAX_VISIBILITY_TIMEOUT_SECONDS)
     )
+    # The Celery worker's own Prometheus port (workers.metrics_server); 0 serves none.
+    worker_metrics_port = _int("WORKER_METRICS_PORT", 0, validate.Range(0, 65535))
     # OpenAI retries a delivery for up to 72 hours: remember ids a little longer.
     dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", 3 * 24 * 3600 + 3600, _positive)
     unmatched_retry_seconds = _int("UNMATCHED_RETRY_SECONDS", 300, _positive)

@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from webhook_ingest import strict_json
+from webhook_ingest.metrics import PROVIDER_API_ERRORS
 
 CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10
@@ -43,8 +44,18 @@ class ProviderNotFound(ProviderError):
     """The provider does not know this id (never did, or forgot it)."""
 
 
-def make_session(auth_header: str | None, user_agent: str = "webhook-ingest") -> requests.Session:
-    session = requests.Session()
+class ProviderSession(requests.Session):
+    """A session that knows whose API it talks to, so failures are counted per provider."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__()
+        self.provider = provider
+
+
+def make_session(
+    auth_header: str | None, provider: str, user_agent: str = "webhook-ingest"
+) -> ProviderSession:
+    session = ProviderSession(provider)
     # 429 is not retried here: its Retry-After may be minutes, which must become a
     # task countdown, not a sleep that holds a worker past the visibility timeout.
     retry = Retry(
@@ -74,8 +85,9 @@ def get_json(session: requests.Session, url: str) -> tuple[int, dict]:
             url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), headers={"Accept": "application/json"}
         )
     except requests.RequestException as exc:
+        _count_error(session, exc)
         raise ProviderUnavailable(f"{type(exc).__name__} calling provider") from None
-    return response.status_code, _checked_json(response)
+    return response.status_code, _checked_json(session, response)
 
 
 def post_json(session: requests.Session, url: str, **kwargs) -> dict:
@@ -90,15 +102,32 @@ def post_json(session: requests.Session, url: str, **kwargs) -> dict:
             **kwargs,
         )
     except requests.ConnectionError as exc:
+        _count_error(session, exc)
         raise ProviderUnavailable(f"{type(exc).__name__} calling provider") from None
     except requests.RequestException as exc:
+        _count_error(session, exc)
         # A timeout after sending: the provider may have the job. Not retryable blindly.
         raise ProviderError(f"{type(exc).__name__} calling provider; the job may exist") from None
-    return _checked_json(response)
+    return _checked_json(session, response)
 
 
-def _checked_json(response: requests.Response) -> dict:
+def _count_error(session: requests.Session, failure: requests.Response | Exception | str) -> None:
+    """`status`: the HTTP status, or what went wrong without one (timeout, connection...)."""
+    if isinstance(failure, str):
+        status = failure
+    elif isinstance(failure, requests.Response):
+        status = str(failure.status_code)
+    elif isinstance(failure, requests.Timeout):
+        status = "timeout"
+    else:
+        status = "connection"
+    PROVIDER_API_ERRORS.labels(getattr(session, "provider", "unknown"), status).inc()
+
+
+def _checked_json(session: requests.Session, response: requests.Response) -> dict:
     status = response.status_code
+    if status >= 400:
+        _count_error(session, response)
     if status == 404:
         raise ProviderNotFound("provider answered 404")
     if status in RETRY_STATUSES:
@@ -110,8 +139,10 @@ def _checked_json(response: requests.Response) -> dict:
     try:
         body = strict_json.loads(response.content)
     except ValueError:
+        _count_error(session, "invalid_body")
         raise ProviderError("provider answered with something that is not JSON") from None
     if not isinstance(body, dict):
+        _count_error(session, "invalid_body")
         raise ProviderError("provider answered with JSON that is not an object")
     return body
 

@@ -10,15 +10,29 @@ was not kept.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, request
-from flask_limiter import Limiter
+import logging
+
+from flask import Blueprint, Flask, current_app, request
+from flask_limiter import Limiter, RequestLimit
 
 from webhook_ingest.config import Settings
+from webhook_ingest.metrics import DELIVERIES_RECEIVED
+
+log = logging.getLogger(__name__)
 
 
 def _provider_and_client() -> str:
     provider = (request.view_args or {}).get("provider", "")
     return f"{provider}:{request.remote_addr}"
+
+
+def _count_breach(_limit: RequestLimit) -> None:
+    """Counted like every other answer; returning None keeps the limiter's own 429."""
+    provider = (request.view_args or {}).get("provider", "")
+    if provider not in current_app.extensions["webhook_ingest"].providers:
+        provider = "unknown"
+    DELIVERIES_RECEIVED.labels(provider, "rate_limited").inc()
+    log.info("delivery rejected: rate limited", extra={"provider": provider})
 
 
 def init_rate_limit(app: Flask, settings: Settings, blueprint: Blueprint) -> Limiter:
@@ -34,6 +48,7 @@ def init_rate_limit(app: Flask, settings: Settings, blueprint: Blueprint) -> Lim
         in_memory_fallback_enabled=True,
         default_limits=[],
         key_prefix="webhook_ingest:rate",
+        on_breach=_count_breach,
     )
     limiter.limit(settings.rate_limit)(blueprint)
     return limiter

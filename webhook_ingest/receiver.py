@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
+import redis
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
@@ -17,6 +19,7 @@ from webhook_ingest.delivery import Delivery, kept_headers
 from webhook_ingest.delivery_claims import Claim
 from webhook_ingest.enqueue import EnqueueFailed, enqueue
 from webhook_ingest.http_errors import error
+from webhook_ingest.metrics import DELIVERIES_RECEIVED, ENQUEUE_SECONDS, VERIFICATION_FAILURES
 from webhook_ingest.verification import VerificationError, VerificationUnavailable, body_digest
 
 log = logging.getLogger(__name__)
@@ -33,45 +36,73 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     """`token`: the secret URL segment of providers that sign nothing (RunPod)."""
     services = current_app.extensions["webhook_ingest"]
     handler = services.providers.get(provider)
+    # URL text is not a label: an unknown name would make a new series per request.
+    label = provider if handler is not None else "unknown"
     if handler is None:
-        return error(404, "unknown provider")
+        return _refused(label, "unknown_provider", 404, "unknown provider")
     if handler.verifier is None:
-        return error(404, "provider not configured")
+        return _refused(label, "not_configured", 404, "provider not configured")
     if token is not None and not handler.takes_url_token:
         # a token segment exists only on the URLs of providers configured for one
-        return error(404, "not found")
+        return _refused(label, "not_found", 404, "not found")
     if not handler.allows(request.remote_addr):
-        log.info("delivery rejected: address not allowed", extra={"provider": provider})
-        return error(403, "address not allowed")
+        return _refused(label, "address_not_allowed", 403, "address not allowed")
     if job_id is not None and not JOB_ID.match(job_id):
-        return error(400, "invalid job id")
+        return _refused(label, "invalid_job_id", 400, "invalid job id")
 
-    body = read_body(services.settings.max_body_bytes)
+    try:
+        body = read_body(services.settings.max_body_bytes)
+    except RequestEntityTooLarge:
+        _count(label, "too_large", job_id=job_id)
+        raise
+    except BadRequest:
+        _count(label, "malformed_body", job_id=job_id)
+        raise
     try:
         verified = handler.verifier.verify(body, request.headers, url_token=token)
     except VerificationError as exc:
-        log.info("delivery rejected: %s", exc.reason, extra={"provider": provider})
-        return error(401, f"verification failed: {exc.reason}")
+        VERIFICATION_FAILURES.labels(label, exc.reason).inc()
+        return _refused(
+            label, "verification_failed", 401, f"verification failed: {exc.reason}", exc.reason
+        )
     except VerificationUnavailable:
-        log.warning("delivery not verifiable now", extra={"provider": provider})
-        return error(503, "cannot verify deliveries right now, retry later", Retry_After="30")
+        return _refused(
+            label,
+            "verification_unavailable",
+            503,
+            "cannot verify deliveries right now, retry later",
+            Retry_After="30",
+        )
     # Schemes without a delivery id (tokens): the same body is the same delivery.
     delivery_id = verified.delivery_id or body_digest(body)
+    ids = {"job_id": job_id, "delivery_id": delivery_id}
 
     try:
         text = body.decode("utf-8")
         payload = strict_json.loads(text)
     except ValueError:
-        return error(400, "body is not JSON")
+        return _refused(label, "invalid_json", 400, "body is not JSON", **ids)
     if not isinstance(payload, dict):
-        return error(400, "body is not a JSON object")
+        return _refused(label, "invalid_json", 400, "body is not a JSON object", **ids)
 
     claims = services.claims
-    claim = claims.claim(provider, delivery_id)
+    try:
+        claim = claims.claim(provider, delivery_id)
+    except redis.RedisError:
+        _count(label, "state_unavailable", **ids)
+        raise  # the app's handler answers 503
     if claim is Claim.DUPLICATE:
+        _count(label, "duplicate", **ids)
         return jsonify(received=True, duplicate=True), 200
     if claim is Claim.IN_FLIGHT:
-        return error(409, "this delivery is being received; retry later", Retry_After="1")
+        return _refused(
+            label,
+            "in_flight",
+            409,
+            "this delivery is being received; retry later",
+            Retry_After="1",
+            **ids,
+        )
 
     delivery = Delivery(
         provider=provider,
@@ -80,16 +111,61 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
         job_id=job_id,
         headers=kept_headers(request.headers),
     )
+    started = time.perf_counter()
     try:
         enqueue(current_app.extensions["celery"], delivery)
     except EnqueueFailed:
         _release(claims, provider, delivery_id)
-        return error(503, "queue unavailable, retry later", Retry_After="5")
+        return _refused(
+            label,
+            "queue_unavailable",
+            503,
+            "queue unavailable, retry later",
+            Retry_After="5",
+            **ids,
+        )
+    ENQUEUE_SECONDS.labels(label).observe(time.perf_counter() - started)
     try:
         claims.confirm(provider, delivery_id)
     except Exception:  # enqueued is what matters; the pending claim expires by itself
-        log.warning("could not confirm delivery claim", extra={"provider": provider})
+        log.warning("could not confirm delivery claim", extra={"provider": provider, **ids})
+    _count(label, "accepted", **ids)
     return jsonify(received=True), 202
+
+
+def _count(provider: str, outcome: str, reason: str | None = None, **ids: str | None) -> None:
+    """One metric sample and one log line per answered delivery."""
+    DELIVERIES_RECEIVED.labels(provider, outcome).inc()
+    fields = {"provider": provider, "outcome": outcome, **ids}
+    if reason:
+        fields["reason"] = reason
+    if outcome == "accepted":
+        log.info("delivery accepted", extra=fields)
+    elif outcome == "duplicate":
+        log.info("delivery duplicate", extra=fields)
+    else:
+        log.info("delivery rejected: %s", reason or outcome, extra=fields)
+
+
+def _refused(
+    provider: str,
+    outcome: str,
+    status: int,
+    message: str,
+    reason: str | None = None,
+    *,
+    job_id: str | None = None,
+    delivery_id: str | None = None,
+    **headers: str,
+):
+    _count(
+        provider,
+        outcome,
+        reason,
+        job_id=job_id or request.view_args.get("job_id"),
+        delivery_id=delivery_id,
+    )
+    return error(status, message, **headers)
 
 
 def read_body(limit: int) -> bytes:

@@ -1,9 +1,8 @@
 """gunicorn entry point: `gunicorn -c gunicorn.conf.py webhook_ingest.wsgi:app`."""
 
-import logging
-
+from webhook_ingest import json_logs
 from webhook_ingest.app import create_app
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+json_logs.configure()
 
 app = create_app()

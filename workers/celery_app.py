@@ -1,7 +1,19 @@
 """The Celery application: configured from celeryconfig.py, tasks in workers.tasks."""
 
 from celery import Celery
+from celery.signals import setup_logging
+
+from webhook_ingest import json_logs
+
+# Connects the worker's metrics signals; inert in processes that only publish.
+from workers import metrics_server  # noqa: F401
 
 app = Celery("webhook_ingest")
 app.config_from_object("celeryconfig")
 app.conf.imports = ("workers.tasks",)
+
+
+@setup_logging.connect
+def _json_logs(loglevel=None, **_: object) -> None:
+    """Worker and beat log like the receiver: one JSON object per line (LOG_FORMAT)."""
+    json_logs.configure(loglevel)

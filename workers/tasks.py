@@ -10,8 +10,16 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from webhook_ingest.delivery import Delivery
 from webhook_ingest.enqueue import INGEST_TASK
-from webhook_ingest.ingest import ingest
+from webhook_ingest.ingest import IngestOutcome, ingest
 from webhook_ingest.jobs import JobMismatch, JobNotFound
+from webhook_ingest.metrics import (
+    DEAD_LETTERED,
+    DELIVERIES_PROCESSED,
+    ORPHAN_POLLS,
+    ORPHANS_DETECTED,
+    RECEIVE_TO_APPLIED_SECONDS,
+    UNMATCHED_DELIVERIES,
+)
 from webhook_ingest.orphans import OrphanPoller
 from webhook_ingest.provider_http import ProviderError, ProviderUnavailable
 from webhook_ingest.providers import PayloadError
@@ -36,15 +44,18 @@ def ingest_delivery(self, message: dict) -> str:
     try:
         result = ingest(delivery, svc)
     except JobNotFound as exc:
+        UNMATCHED_DELIVERIES.labels(delivery.provider).inc()
         waited = time.time() - delivery.received_at / 1000
         if waited >= svc.settings.unmatched_retry_seconds:
             return _park(delivery, "unmatched", exc, self.request.retries + 1)
         log.info("job not registered yet, retrying", extra=context)
+        DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
         raise self.retry(countdown=retries.countdown(self.request.retries)) from None
     except ProviderUnavailable as exc:
         if self.request.retries + 1 >= retries.PROVIDER_MAX_ATTEMPTS:
             return _park(delivery, "provider_unavailable", exc, self.request.retries + 1)
         log.warning("provider unavailable, retrying: %s", exc, extra=context)
+        DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
         wait = retries.countdown(self.request.retries, exc.retry_after)
         raise self.retry(countdown=wait) from None
     except (PayloadError, JobMismatch, ProviderError) as exc:
@@ -52,22 +63,42 @@ def ingest_delivery(self, message: dict) -> str:
     except (redis.RedisError, SoftTimeLimitExceeded) as exc:
         # Our own infrastructure: keep trying for as long as it takes.
         log.warning("transient failure, retrying: %s", type(exc).__name__, extra=context)
+        DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
         raise self.retry(countdown=retries.countdown(self.request.retries)) from None
     except Exception as exc:
         # A bug must not lose the delivery: park it for replay after the fix.
         log.exception("unexpected error", extra=context)
         return _park(delivery, "error", exc, self.request.retries + 1)
-    log.info("delivery %s", result.outcome.value, extra={**context, "job_id": result.job_id})
-    return result.outcome.value
+    outcome = result.outcome.value
+    DELIVERIES_PROCESSED.labels(delivery.provider, outcome).inc()
+    if result.outcome is IngestOutcome.APPLIED and not message.get("replayed_at"):
+        # a replay's age is the operator's, not the pipeline's
+        RECEIVE_TO_APPLIED_SECONDS.labels(delivery.provider).observe(
+            max(0.0, time.time() - delivery.received_at / 1000)
+        )
+    context.update(job_id=result.job_id, outcome=outcome)
+    if result.applied and result.applied.broadcast:
+        context["status"] = result.applied.broadcast.get("status")
+    log.info("delivery %s", outcome, extra=context)
+    return outcome
 
 
 def _park(delivery: Delivery, reason: str, error: Exception, attempts: int) -> str:
     letter_id = services().dead_letters.park(delivery, reason, str(error), attempts)
+    DEAD_LETTERED.labels(delivery.provider, reason).inc()
+    DELIVERIES_PROCESSED.labels(delivery.provider, "parked").inc()
     log.warning(
         "delivery parked as dead letter %s: %s",
         letter_id,
         reason,
-        extra={"provider": delivery.provider, "delivery_id": delivery.delivery_id},
+        extra={
+            "provider": delivery.provider,
+            "delivery_id": delivery.delivery_id,
+            "job_id": delivery.job_id,
+            "dead_letter_id": letter_id,
+            "reason": reason,
+            "attempts": attempts,
+        },
     )
     return "parked"
 
@@ -97,6 +128,7 @@ def poll_orphans() -> dict[str, int]:
                 expires=interval,
             )
         enqueued[provider] = len(job_ids)
+        ORPHANS_DETECTED.labels(provider).inc(len(job_ids))
         log.info("orphan poll tick: %d %s jobs to poll", len(job_ids), provider)
     return enqueued
 
@@ -107,7 +139,12 @@ def poll_job(self, provider: str, job_id: str) -> str:
         outcome = OrphanPoller(services()).poll(provider, job_id)
     except redis.RedisError as exc:
         raise self.retry(countdown=retries.countdown(self.request.retries)) from exc
-    log.info("orphan poll %s", outcome.value, extra={"provider": provider, "job_id": job_id})
+    ORPHAN_POLLS.labels(provider, outcome.value).inc()
+    log.info(
+        "orphan poll %s",
+        outcome.value,
+        extra={"provider": provider, "job_id": job_id, "outcome": outcome.value},
+    )
     return outcome.value
 
 

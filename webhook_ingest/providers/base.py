@@ -117,7 +117,7 @@ class Provider(WebhookCapableConnector):
         """One HTTP session per provider and process: connection reuse, one retry policy."""
         if self._session is None:
             key = self.api_key
-            self._session = provider_http.make_session(f"Bearer {key}" if key else None)
+            self._session = provider_http.make_session(f"Bearer {key}" if key else None, self.name)
         return self._session
 
     def webhook_url(self, *path: str) -> str:

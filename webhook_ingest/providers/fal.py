@@ -117,7 +117,7 @@ class FalProvider(Provider):
         """fal's scheme is `Authorization: Key <key>`, not Bearer."""
         if self._session is None:
             key = self.api_key
-            self._session = provider_http.make_session(f"Key {key}" if key else None)
+            self._session = provider_http.make_session(f"Key {key}" if key else None, self.name)
         return self._session
 
     # -- receiving --------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""One JSON object per line for every log record, in every process.
+
+Log collectors (Loki, CloudWatch, Datadog) index fields, not sentences: the
+`extra={...}` fields of a record (provider, job_id, delivery_id, outcome,
+reason, ...) become top-level keys. Fields whose names suggest a secret or a
+full payload are dropped here, whatever a caller passes, so a careless
+`extra=` cannot leak a signature or a body into the logs.
+
+LOG_FORMAT=text gives the classic one-line text format for reading by eye.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from datetime import UTC, datetime
+
+# LogRecord's own attributes: everything else on a record came from `extra=`.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+_WITHHELD = re.compile(
+    r"secret|token|signature|authorization|password|api_key|body|payload|header", re.I
+)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in vars(record).items():
+            if name in _STANDARD or name.startswith("_") or _WITHHELD.search(name):
+                continue
+            if value is None:
+                continue
+            entry[name] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class WithholdRequestText(logging.Filter):
+    """gunicorn logs a malformed request line or header verbatim ("Invalid request from
+    ip=...: Invalid HTTP request line: 'POST /webhook/runpod/<job>/<token>'"), the URI
+    of a request that failed, and (access log) every request line; such text may carry
+    a URL token or a bearer token. Keep who and why, not the secret."""
+
+    _INVALID = re.compile(r"^(Invalid request from ip=[^:]*): ([^:']*)(?::.*)?$", re.S)
+    # /webhook/<provider>/<job_id>/<token>: the third segment is a secret (RunPod)
+    _URL_TOKEN = re.compile(r"(/webhook/[^/\s]+/[^/\s]+/)[^\s\"'?]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        match = self._INVALID.match(message)
+        if match:
+            message = f"{match.group(1)}: {match.group(2).strip()} (request text withheld)"
+        elif message.startswith("Error handling request"):
+            message = "Error handling request (request text withheld)"
+        else:
+            message = self._URL_TOKEN.sub(r"\1<withheld>", message)
+        record.msg, record.args = message, ()
+        return True
+
+
+def formatter() -> logging.Formatter:
+    if os.environ.get("LOG_FORMAT", "json").strip().lower() == "text":
+        return logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter()
+
+
+def configure(level: str | int | None = None) -> None:
+    """Route every logger through one stderr handler in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO").upper())
+
+
+def gunicorn_logconfig() -> dict:
+    """gunicorn's own loggers (errors, opt-in access log) in the same format, redacted."""
+    formatter_spec = (
+        {"format": TEXT_FORMAT}
+        if os.environ.get("LOG_FORMAT", "json").strip().lower() == "text"
+        else {"()": f"{__name__}.JsonFormatter"}
+    )
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "default",
+        "filters": ["withhold_request_text"],
+        "stream": "ext://sys.stderr",
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"withhold_request_text": {"()": f"{__name__}.WithholdRequestText"}},
+        "formatters": {"default": formatter_spec},
+        "handlers": {"console": handler},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        },
+    }

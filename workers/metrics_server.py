@@ -1,0 +1,68 @@
+"""The worker's own Prometheus endpoint, on WORKER_METRICS_PORT (off when 0).
+
+Workers usually run on other machines than the receiver, so they are scraped
+on their own port rather than through the receiver's /metrics. A prefork
+worker's children count into PROMETHEUS_MULTIPROC_DIR files, which the main
+process sums when scraped; the directory is prepared at `celeryd_init`, before
+the worker imports its tasks (and with them prometheus_client) or forks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery.signals import celeryd_init, worker_process_shutdown, worker_ready, worker_shutdown
+
+from webhook_ingest import metrics_dir
+from webhook_ingest.config import load_settings
+
+log = logging.getLogger(__name__)
+
+_state: dict[str, object] = {}
+
+
+def _port() -> int:
+    return load_settings().worker_metrics_port
+
+
+@celeryd_init.connect
+def _prepare_directory(**_: object) -> None:
+    if _port():
+        _state["dir"] = metrics_dir.prepare("worker")
+
+
+@worker_ready.connect
+def _serve(**_: object) -> None:
+    port = _port()
+    if not port:
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    try:
+        server, _thread = start_http_server(port, registry=registry)
+    except OSError as exc:
+        # Metrics are for operators; a taken port must not stop deliveries being applied.
+        log.error("worker metrics not served on port %d: %s", port, exc)
+        return
+    _state["server"] = server
+    log.info("worker metrics on port %d", port)
+
+
+@worker_process_shutdown.connect
+def _forget_child(**_: object) -> None:
+    if os.environ.get(metrics_dir.ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+
+@worker_shutdown.connect
+def _stop(**_: object) -> None:
+    server = _state.pop("server", None)
+    if server is not None:
+        server.shutdown()
+    if "dir" in _state:
+        metrics_dir.remove_if_private(_state.pop("dir"))
