@@ -80,9 +80,16 @@ broker_connection_max_retries = None
 task_default_queue = "webhook_ingest"
 task_create_missing_queues = True
 
-# Flower needs task events; they are cheap fan-out messages on the broker.
-worker_send_task_events = True
+# Task events exist for Flower only: off unless a Flower switches them on (it
+# does, every few seconds, while it runs; workers.flower), so the pipeline pays
+# for no event messages nobody reads. "sent" events would cost the receiver a
+# second publish per delivery, so they stay off even then.
+worker_send_task_events = False
 task_send_sent_event = False
+# Flower's event queue: messages it did not read in time, and the queue itself
+# once Flower is gone, are dropped by the broker instead of piling up.
+event_queue_ttl = 5.0
+event_queue_expires = 60.0
 
 # -- beat: one active scheduler ------------------------------------------------
 # Two ordinary beats would double every schedule. RedBeat keeps the schedule in

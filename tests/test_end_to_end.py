@@ -65,9 +65,9 @@ class Service:
     def start_worker(self) -> None:
         self.worker = self._spawn(
             "worker",
-            str(BIN / "celery"),
-            "-A",
-            "workers",
+            str(BIN / "python"),
+            "-m",
+            "workers.run",  # as the Procfile starts it
             "worker",
             "--concurrency=2",
             "--loglevel=INFO",

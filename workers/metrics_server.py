@@ -3,8 +3,8 @@
 Workers usually run on other machines than the receiver, so they are scraped
 on their own port rather than through the receiver's /metrics. A prefork
 worker's children count into PROMETHEUS_MULTIPROC_DIR files, which the main
-process sums when scraped; the directory is prepared at `celeryd_init`, before
-the worker imports its tasks (and with them prometheus_client) or forks.
+process sums when scraped; workers.run prepares the directory before the
+`celery` command starts (the Procfile's worker is started through it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-from celery.signals import celeryd_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from webhook_ingest import metrics_dir
 from webhook_ingest.config import load_settings
@@ -26,16 +26,17 @@ def _port() -> int:
     return load_settings().worker_metrics_port
 
 
-@celeryd_init.connect
-def _prepare_directory(**_: object) -> None:
-    if _port():
-        _state["dir"] = metrics_dir.prepare("worker")
-
-
 @worker_ready.connect
 def _serve(**_: object) -> None:
     port = _port()
     if not port:
+        return
+    if not os.environ.get(metrics_dir.ENV):
+        # Each child would count in its own memory, and a scrape would see none of it.
+        log.error(
+            "WORKER_METRICS_PORT is set but the worker was started without a metrics "
+            "directory; start it as `python -m workers.run worker` to serve its metrics"
+        )
         return
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
@@ -64,5 +65,5 @@ def _stop(**_: object) -> None:
     server = _state.pop("server", None)
     if server is not None:
         server.shutdown()
-    if "dir" in _state:
-        metrics_dir.remove_if_private(_state.pop("dir"))
+    if os.environ.get(metrics_dir.ENV):
+        metrics_dir.remove_if_private(os.environ[metrics_dir.ENV])

@@ -1,0 +1,216 @@
+"""Operability of the real processes: gunicorn's workers summed on /metrics, the Celery
+worker's own metrics port, JSON log lines without secrets, Flower behind basic auth."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ADMIN_TOKEN, REPLICATE_SECRET
+from tests.support import PrivateRedis, body_of, free_port, signed_headers, wait_for
+from tests.test_end_to_end import BIN, ROOT, Service
+
+pytestmark = pytest.mark.e2e
+
+BODY_MARKER = "output-that-must-not-be-logged-" + uuid.uuid4().hex
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@pytest.fixture
+def private_redis():
+    server = PrivateRedis("--appendonly", "yes").start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def service(private_redis, fake_api):
+    svc = Service(private_redis.url, {"WORKER_METRICS_PORT": str(free_port())})
+    yield svc
+    svc.stop()
+
+
+def deliver(service, job_id: str, payload: dict) -> requests.Response:
+    body = body_of(payload)
+    headers = signed_headers(REPLICATE_SECRET, body)
+    return requests.post(
+        f"{service.url}/webhook/replicate/{job_id}", data=body, headers=headers, timeout=5
+    )
+
+
+def register(service, job_id: str, external_id: str) -> None:
+    answer = requests.post(
+        f"{service.url}/jobs",
+        json={"job_id": job_id, "provider": "replicate", "external_job_id": external_id},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=5,
+    )
+    assert answer.status_code == 201, answer.text
+
+
+def test_metrics_sums_every_gunicorn_worker(service):
+    service.start_web()
+    sent = 40
+    for i in range(sent):
+        assert (
+            deliver(service, f"job-m{i}", {"id": f"p{i}", "status": "starting"}).status_code == 202
+        )
+
+    # Each scrape is answered by one of the two workers; each must report all of them.
+    seen = [
+        total(
+            requests.get(f"{service.url}/metrics", timeout=5).text,
+            "webhook_deliveries_received_total",
+            provider="replicate",
+            outcome="accepted",
+        )
+        for _ in range(8)
+    ]
+
+    assert seen == [sent] * 8
+
+
+def test_the_worker_serves_its_own_metrics_summed_over_its_pool(service):
+    service.start_web()
+    service.start_worker()  # prefork, two children
+    port = service.env["WORKER_METRICS_PORT"]
+    jobs = [f"job-w{i}-{uuid.uuid4().hex[:6]}" for i in range(10)]
+    for i, job_id in enumerate(jobs):
+        register(service, job_id, f"pred-w{i}")
+        deliver(service, job_id, {"id": f"pred-w{i}", "status": "succeeded", "output": "x"})
+
+    def applied() -> float:
+        try:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except requests.RequestException:
+            return 0
+        return total(text, "webhook_deliveries_processed_total", outcome="applied")
+
+    wait_for(lambda: applied() == len(jobs), timeout=30, message="worker metrics to count all")
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    assert total(text, "webhook_receive_to_applied_seconds_count") == len(jobs)
+    assert total(text, "webhook_state_updates_total") >= len(jobs)
+
+
+def test_every_process_logs_json_lines_with_ids_and_without_bodies_or_secrets(service):
+    service.start_web()
+    service.start_worker()
+    job_id = f"job-log-{uuid.uuid4().hex[:6]}"
+    register(service, job_id, "pred-log")
+    payload = {"id": "pred-log", "status": "succeeded", "output": BODY_MARKER}
+    body = body_of(payload)
+    headers = signed_headers(REPLICATE_SECRET, body)
+    answer = requests.post(
+        f"{service.url}/webhook/replicate/{job_id}", data=body, headers=headers, timeout=5
+    )
+    assert answer.status_code == 202
+
+    def worker_lines() -> list[dict]:
+        lines = read(service, "worker").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    applied = wait_for(
+        lambda: [e for e in worker_lines() if e.get("message") == "delivery applied"],
+        timeout=30,
+        message="the worker's applied line",
+    )
+    assert applied[0]["delivery_id"] == headers["webhook-id"]
+    assert applied[0]["job_id"] == job_id
+    assert applied[0]["provider"] == "replicate"
+    accepted = [
+        json.loads(line)
+        for line in read(service, "web").splitlines()
+        if '"delivery accepted"' in line
+    ]
+    assert [e["delivery_id"] for e in accepted] == [headers["webhook-id"]]
+
+    for name in ("web", "worker"):
+        text = read(service, name)
+        assert BODY_MARKER not in text
+        assert headers["webhook-signature"].split(",")[1] not in text
+        assert REPLICATE_SECRET not in text
+        assert ADMIN_TOKEN not in text
+        for line in text.splitlines():
+            # Log records are JSON; only start-up prints (Celery's banner, Python's
+            # warnings) are not, and those never name a delivery.
+            if line.startswith("{") or headers["webhook-id"] in line or job_id in line:
+                json.loads(line)
+
+
+def read(service, name: str) -> str:
+    return (service.logs / f"{name}.log").read_text(errors="replace")
+
+
+# -- Flower -------------------------------------------------------------------------
+
+
+def test_flower_refuses_an_open_address_without_basic_auth():
+    from workers.flower import command
+
+    with pytest.raises(SystemExit, match="FLOWER_BASIC_AUTH"):
+        command({"FLOWER_ADDRESS": "0.0.0.0"})
+    assert "--address=127.0.0.1" in command({})
+    assert "--address=0.0.0.0" in command(
+        {"FLOWER_ADDRESS": "0.0.0.0", "FLOWER_BASIC_AUTH": "ops:pw"}
+    )
+
+
+def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(service):
+    service.start_web()
+    service.start_worker()
+    port = free_port()
+    env = {**service.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pw", "FLOWER_PORT": str(port)}
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "workers.flower"],
+        cwd=ROOT,
+        env={**env, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"},
+        stdout=open(service.logs / "flower.log", "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return requests.get(base, timeout=1).status_code == 401
+            except requests.RequestException:
+                return False
+
+        wait_for(up, timeout=30, message="Flower to answer")
+        assert (
+            requests.get(f"{base}/api/tasks", auth=("ops", "wrong"), timeout=2).status_code == 401
+        )
+
+        job_id = f"job-fl-{uuid.uuid4().hex[:6]}"
+        register(service, job_id, "pred-fl")
+
+        def ingest_tasks() -> list[dict]:
+            # Flower switches the workers' events on within seconds; deliver until seen.
+            deliver(service, job_id, {"id": "pred-fl", "status": "processing", "x": BODY_MARKER})
+            tasks = requests.get(f"{base}/api/tasks", auth=("ops", "s3cret-pw"), timeout=2)
+            assert tasks.status_code == 200
+            return [t for t in tasks.json().values() if t.get("name") == "webhook_ingest.ingest"]
+
+        seen = wait_for(ingest_tasks, timeout=45, interval=1, message="Flower to see a task")
+        assert seen[0]["args"].startswith("<replicate delivery msg_")
+        assert BODY_MARKER not in json.dumps(seen)
+    finally:
+        os.killpg(flower.pid, signal.SIGTERM)
+        flower.wait(30)
