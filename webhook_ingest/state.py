@@ -45,12 +45,16 @@ end
 
 -- Every observation leaves a trace for operators, whatever became of it; written
 -- here so it costs no extra round trip and always matches the decision taken.
+-- Its progress is the observation's own (null: the provider said nothing).
+local observed_progress = 'null'
+if status == 'completed' then observed_progress = 100
+elseif progress >= 0 then observed_progress = progress end
 local function record(outcome)
   local event = '{"at":' .. updated_at
     .. ',"source":' .. cjson.encode(source)
     .. ',"delivery_id":' .. str(delivery_id)
     .. ',"status":' .. cjson.encode(status)
-    .. ',"progress":' .. (progress >= 0 and progress or 'null')
+    .. ',"progress":' .. observed_progress
     .. ',"outcome":"' .. outcome .. '"}'
   redis.call('LPUSH', events_key, event)
   redis.call('LTRIM', events_key, 0, events_keep - 1)
@@ -159,11 +163,16 @@ class StateStore:
     """Applies updates and reads state; one per process, sharing a connection pool."""
 
     def __init__(
-        self, client: redis.Redis, applied_ttl_seconds: int, finished_window_seconds: int = 3600
+        self,
+        client: redis.Redis,
+        applied_ttl_seconds: int,
+        finished_window_seconds: int = 3600,
+        finished_keep: int = FINISHED_KEEP,
     ) -> None:
         self._redis = client
         self._applied_ttl = applied_ttl_seconds
         self._finished_window_ms = finished_window_seconds * 1000
+        self._finished_keep = finished_keep
         self._apply = client.register_script(_APPLY_LUA)
 
     def apply(self, update: JobStateUpdate, delivery_id: str | None = None) -> ApplyResult:
@@ -199,7 +208,7 @@ class StateStore:
                 # finished jobs older than the consistency window are of no more use
                 update.updated_at - self._finished_window_ms,
                 self._finished_window_ms,
-                FINISHED_KEEP,
+                self._finished_keep,
             ],
         )
         outcome = Outcome(_text(reply[0]))
