@@ -123,6 +123,12 @@ beat_schedule = {
         "schedule": _interval,
         "options": {"expires": _interval},
     },
+    # Re-polls a sample of recently finished jobs; its own lock keeps runs apart.
+    "check-consistency": {
+        "task": "webhook_ingest.check_consistency",
+        "schedule": _settings.consistency_check_interval_seconds,
+        "options": {"expires": _settings.consistency_check_interval_seconds},
+    },
 }
 
 worker_hijack_root_logger = False

@@ -45,6 +45,24 @@ def check_config() -> None:
         click.echo("operator endpoints: DISABLED - set ADMIN_TOKEN to enable /jobs")
 
 
+@main.group("jobs")
+def jobs() -> None:
+    """Jobs as Redis holds them."""
+
+
+@jobs.command("show")
+@click.argument("job_id")
+def show_job(job_id: str) -> None:
+    """Mapping, state and the last few observations, as GET /jobs/<job_id> shows them."""
+    from webhook_ingest.job_view import job_view
+
+    view = job_view(_services(), job_id)
+    if view is None:
+        raise click.ClickException(f"unknown job {job_id}: no mapping, state or events in Redis")
+    json.dump(view, sys.stdout, indent=2)
+    click.echo()
+
+
 @main.group("dead-letters")
 def dead_letters() -> None:
     """Deliveries that could not be applied."""

@@ -17,6 +17,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # The Redis broker redelivers an unacknowledged message after this long; retry
 # countdowns must stay below it or a waiting retry is redelivered as a duplicate.
 MAX_VISIBILITY_TIMEOUT_SECONDS = 120
+# The consistency check leaves a job alone this long after it finished: late
+# webhooks and provider-side bookkeeping settle first.
+CONSISTENCY_SETTLE_SECONDS = 60
 
 
 class ConfigError(Exception):
@@ -39,6 +42,9 @@ class Settings:
     orphan_polls_per_minute: int
     orphan_not_found_grace_seconds: int
     adoption_scan_budget: int
+    consistency_check_interval_seconds: int
+    consistency_check_sample: int
+    consistency_check_window_seconds: int
     broker_visibility_timeout_seconds: int
     worker_metrics_port: int
     dedup_ttl_seconds: int
@@ -98,6 +104,14 @@ class SettingsSchema(Schema):
     orphan_not_found_grace_seconds = _int("ORPHAN_NOT_FOUND_GRACE_SECONDS", 600, validate.Range(0))
     # Keys of the keyspace examined per tick when adopting mappings other services wrote.
     adoption_scan_budget = _int("ADOPTION_SCAN_BUDGET", 50_000, validate.Range(min=100))
+    consistency_check_interval_seconds = _int("CONSISTENCY_CHECK_INTERVAL_SECONDS", 300, _positive)
+    # Finished jobs re-polled per run, across providers: each is one provider API call.
+    consistency_check_sample = _int("CONSISTENCY_CHECK_SAMPLE", 10, validate.Range(1, 1000))
+    # Only jobs that finished within this window are sampled; it must be longer than
+    # the settle time, or nothing would ever be.
+    consistency_check_window_seconds = _int(
+        "CONSISTENCY_CHECK_WINDOW_SECONDS", 3600, validate.Range(min=CONSISTENCY_SETTLE_SECONDS + 1)
+    )
     broker_visibility_timeout_seconds = _int(
         "BROKER_VISIBILITY_TIMEOUT_SECONDS", 90, validate.Range(10, MAX_VISIBILITY_TIMEOUT_SECONDS)
     )

@@ -37,6 +37,22 @@ def applied_deliveries(job_id: str) -> str:
     return f"webhook_ingest:applied:{job_id}"
 
 
+def job_events(job_id: str) -> str:
+    """The last observations offered to a job's state and what became of each (a list)."""
+    return f"webhook_ingest:job_events:{job_id}"
+
+
+def finished_jobs(provider: str) -> str:
+    """Recently finished jobs of one provider, scored by when they finished (ms).
+
+    What the consistency check samples from; trimmed to its window and bounded in size.
+    """
+    return f"webhook_ingest:finished_jobs:{provider}"
+
+
+CONSISTENCY_LOCK = "webhook_ingest:consistency_check:lock"  # one run at a time, any process
+
+
 def external_index(provider: str, external_job_id: str) -> str:
     """Reverse lookup for providers whose webhook names only their own id."""
     return f"webhook_ingest:external:{provider}:{external_job_id}"

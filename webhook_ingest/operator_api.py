@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 from marshmallow import Schema, ValidationError, fields, validate
 
 from webhook_ingest.http_errors import error
+from webhook_ingest.job_view import job_view
 from webhook_ingest.jobs import Registration
 from webhook_ingest.receiver import JOB_ID
 
@@ -92,9 +93,8 @@ def register_job():
 
 @blueprint.get("/jobs/<job_id>")
 def show_job(job_id: str):
-    services = current_app.extensions["webhook_ingest"]
-    mapping = services.jobs.mapping(job_id)
-    state = services.state.get(job_id)
-    if not mapping and not state:
+    """Mapping, state and the last few observations (newest first)."""
+    view = job_view(current_app.extensions["webhook_ingest"], job_id)
+    if view is None:
         return error(404, "unknown job")
-    return jsonify(job_id=job_id, mapping=mapping or None, state=state or None)
+    return jsonify(view)

@@ -35,7 +35,11 @@ def build_services(
     return Services(
         settings=settings,
         redis=client,
-        state=StateStore(client, applied_ttl_seconds=settings.dedup_ttl_seconds),
+        state=StateStore(
+            client,
+            applied_ttl_seconds=settings.dedup_ttl_seconds,
+            finished_window_seconds=settings.consistency_check_window_seconds,
+        ),
         jobs=JobRegistry(client),
         claims=DeliveryClaims(client, ttl_seconds=settings.dedup_ttl_seconds),
         dead_letters=DeadLetters(client, ttl_seconds=settings.dead_letter_ttl_seconds),

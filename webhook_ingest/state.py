@@ -9,6 +9,11 @@ solved once, inside one Lua script that Redis runs atomically:
 - progress never goes down, and `completed` means 100;
 - when anything changed, the merged state is written, the mapping is touched, and
   the update is published on `job_progress:{job_id}` and `job_updates`.
+
+The same script also keeps what operators look at: the job's last few
+observations and their outcomes (`keys.job_events`), and, when a job finishes,
+its entry in the provider's index of recently finished jobs (`keys.finished_jobs`),
+which the consistency check samples.
 """
 
 from __future__ import annotations
@@ -20,19 +25,45 @@ from typing import Any
 
 import redis
 
-from webhook_ingest import keys
+from webhook_ingest import keys, metrics
 from webhook_ingest.job_update import SOURCE_WEBHOOK, JobStateUpdate, result_json, validated
 
 _APPLY_LUA = """
 local state_key, mapping_key, applied_key, live_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local poll_failures_key = KEYS[5]
+local poll_failures_key, events_key, finished_key = KEYS[5], KEYS[6], KEYS[7]
 local job_id, status, progress, result = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local error_message, external_id, provider, source = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local updated_at, delivery_id, applied_ttl = ARGV[9], ARGV[10], tonumber(ARGV[11])
 local progress_channel, updates_channel = ARGV[12], ARGV[13]
+local events_keep, finished_cutoff, finished_ttl_ms = tonumber(ARGV[14]), ARGV[15], ARGV[16]
+local finished_keep = tonumber(ARGV[17])
+
+local function str(value)
+  if value == nil or value == false or value == '' then return 'null' end
+  return cjson.encode(value)
+end
+
+-- Every observation leaves a trace for operators, whatever became of it; written
+-- here so it costs no extra round trip and always matches the decision taken.
+-- Its progress is the observation's own (null: the provider said nothing).
+local observed_progress = 'null'
+if status == 'completed' then observed_progress = 100
+elseif progress >= 0 then observed_progress = progress end
+local function record(outcome)
+  local event = '{"at":' .. updated_at
+    .. ',"source":' .. cjson.encode(source)
+    .. ',"delivery_id":' .. str(delivery_id)
+    .. ',"status":' .. cjson.encode(status)
+    .. ',"progress":' .. observed_progress
+    .. ',"outcome":"' .. outcome .. '"}'
+  redis.call('LPUSH', events_key, event)
+  redis.call('LTRIM', events_key, 0, events_keep - 1)
+  redis.call('EXPIRE', events_key, applied_ttl)
+end
 
 if delivery_id ~= '' then
   if redis.call('SADD', applied_key, delivery_id) == 0 then
+    record('duplicate')
     return {'duplicate'}
   end
   redis.call('EXPIRE', applied_key, applied_ttl)
@@ -46,6 +77,7 @@ end
 local current = redis.call('HMGET', state_key, 'status', 'progress', 'result', 'error_message')
 local cur_status, cur_progress = current[1], tonumber(current[2]) or 0
 if cur_status == 'completed' or cur_status == 'failed' then
+  record('terminal')
   return {'terminal'}
 end
 
@@ -62,6 +94,7 @@ if error_message ~= '' then new_error = error_message end
 
 if cur_status == status and new_progress == cur_progress
    and new_result == current[3] and new_error == current[4] then
+  record('unchanged')
   return {'unchanged'}
 end
 
@@ -79,14 +112,17 @@ redis.call('HSET', state_key, unpack(fields))
 if status == 'completed' or status == 'failed' then
   redis.call('ZREM', live_key, job_id)
   redis.call('HDEL', poll_failures_key, job_id, job_id .. ':first_404')
+  -- What the consistency check samples: only jobs the provider can be asked about.
+  if external_id ~= '' then
+    redis.call('ZADD', finished_key, updated_at, job_id)
+    redis.call('ZREMRANGEBYSCORE', finished_key, '-inf', '(' .. finished_cutoff)
+    redis.call('ZREMRANGEBYRANK', finished_key, 0, -finished_keep - 1)
+    redis.call('PEXPIRE', finished_key, finished_ttl_ms)
+  end
 elseif mapping_exists then
   redis.call('ZADD', live_key, updated_at, job_id)
 end
 
-local function str(value)
-  if value == nil or value == false or value == '' then return 'null' end
-  return cjson.encode(value)
-end
 -- `result` is JSON text we produced ourselves, so it is embedded as is.
 local message = '{"job_id":' .. cjson.encode(job_id)
   .. ',"external_job_id":' .. str(external_id)
@@ -99,6 +135,7 @@ local message = '{"job_id":' .. cjson.encode(job_id)
   .. ',"source":' .. cjson.encode(source) .. '}'
 redis.call('PUBLISH', progress_channel, message)
 redis.call('PUBLISH', updates_channel, message)
+record('applied')
 return {'applied', message}
 """
 
@@ -116,12 +153,26 @@ class ApplyResult:
     broadcast: dict[str, Any] | None = None
 
 
+EVENTS_KEEP = 20  # per job: enough to tell a story, small enough to never matter
+# Per provider: the consistency check samples a few of these per run, so more
+# finished jobs than this within its window add nothing but memory.
+FINISHED_KEEP = 10_000
+
+
 class StateStore:
     """Applies updates and reads state; one per process, sharing a connection pool."""
 
-    def __init__(self, client: redis.Redis, applied_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        applied_ttl_seconds: int,
+        finished_window_seconds: int = 3600,
+        finished_keep: int = FINISHED_KEEP,
+    ) -> None:
         self._redis = client
         self._applied_ttl = applied_ttl_seconds
+        self._finished_window_ms = finished_window_seconds * 1000
+        self._finished_keep = finished_keep
         self._apply = client.register_script(_APPLY_LUA)
 
     def apply(self, update: JobStateUpdate, delivery_id: str | None = None) -> ApplyResult:
@@ -135,6 +186,8 @@ class StateStore:
                 keys.applied_deliveries(job_id),
                 keys.live_jobs(update.provider),
                 keys.POLL_FAILURES,
+                keys.job_events(job_id),
+                keys.finished_jobs(update.provider),
             ],
             args=[
                 job_id,
@@ -151,14 +204,26 @@ class StateStore:
                 self._applied_ttl,
                 keys.progress_channel(job_id),
                 keys.UPDATES_CHANNEL,
+                EVENTS_KEEP,
+                # finished jobs older than the consistency window are of no more use
+                update.updated_at - self._finished_window_ms,
+                self._finished_window_ms,
+                self._finished_keep,
             ],
         )
         outcome = Outcome(_text(reply[0]))
+        metrics.STATE_UPDATES.labels(
+            source=update.source, status=update.status, outcome=outcome.value
+        ).inc()
         broadcast = json.loads(reply[1]) if outcome is Outcome.APPLIED else None
         return ApplyResult(outcome, broadcast)
 
     def get(self, job_id: str) -> dict[str, str]:
         return self._redis.hgetall(keys.job_state(job_id))
+
+    def events(self, job_id: str, limit: int = EVENTS_KEEP) -> list[dict[str, Any]]:
+        """The job's last observations, newest first."""
+        return [json.loads(e) for e in self._redis.lrange(keys.job_events(job_id), 0, limit - 1)]
 
 
 def _text(value: bytes | str) -> str:

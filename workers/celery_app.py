@@ -10,7 +10,7 @@ from workers import metrics_server  # noqa: F401
 
 app = Celery("webhook_ingest")
 app.config_from_object("celeryconfig")
-app.conf.imports = ("workers.tasks",)
+app.conf.imports = ("workers.tasks", "workers.consistency_tasks")
 
 
 @setup_logging.connect

@@ -102,6 +102,11 @@ class Provider(WebhookCapableConnector):
     def supports_webhooks(self) -> bool:
         return True
 
+    def can_poll(self) -> bool:
+        """Whether `poll_job_status` can ask the provider at all (the consistency check
+        samples only such providers)."""
+        return True
+
     # -- the provider's API -----------------------------------------------------
 
     @property

@@ -641,6 +641,9 @@ class DeclarativeProvider(Provider):
             "(POST /jobs with job_id, provider, external_job_id)."
         )
 
+    def can_poll(self) -> bool:
+        return self.spec.poll is not None
+
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
         poll = self.spec.poll
         if poll is None:
