@@ -324,7 +324,10 @@ def _flip_last_hex_digit(signature: str) -> str:
 
 TAMPERINGS = {
     "body": _tamper_body,
-    "request-id": _header("X-Fal-Webhook-Request-Id", lambda v: v[:-1] + "0"),
+    # a different last character, whatever it was (a fixed "0" is no change 1 time in 16)
+    "request-id": _header(
+        "X-Fal-Webhook-Request-Id", lambda v: v[:-1] + ("1" if v[-1] == "0" else "0")
+    ),
     "user-id": _header("X-Fal-Webhook-User-Id", lambda v: v + "x"),
     "timestamp-within-tolerance": _header("X-Fal-Webhook-Timestamp", lambda v: str(int(v) - 1)),
     "signature": _header("X-Fal-Webhook-Signature", _flip_last_hex_digit),
