@@ -52,8 +52,11 @@ def dead_letters() -> None:
 
 @dead_letters.command("list")
 @click.option("--limit", default=50, show_default=True)
-def list_dead_letters(limit: int) -> None:
-    for letter in _services().dead_letters.list(limit):
+@click.option("--provider", help="Only this provider's letters.")
+@click.option("--reason", help="Only letters parked for this reason.")
+def list_dead_letters(limit: int, provider: str | None, reason: str | None) -> None:
+    letters = _services().dead_letters.list(limit, provider, reason, with_message=False)
+    for letter in letters:
         click.echo(
             f"{letter['id']}  {letter['provider']:<10} {letter['reason']:<22} "
             f"job={letter['job_id'] or '-'} delivery={letter['delivery_id']}  "
@@ -69,6 +72,124 @@ def show_dead_letter(letter_id: str) -> None:
         raise click.ClickException(f"no dead letter {letter_id}")
     json.dump(letter, sys.stdout, indent=2)
     click.echo()
+
+
+def _celery():
+    """The service's Celery app (the CLI only publishes), unless the caller passed one
+    as the context object (tests pass one on another broker)."""
+    from celery import Celery
+
+    given = click.get_current_context().find_object(Celery)
+    if given is not None:
+        return given
+    try:
+        from workers.celery_app import app
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return app
+
+
+def _letter_line(verb: str, letter: dict) -> str:
+    return (
+        f"{verb} {letter['id']}  {letter['provider']:<10} {letter['reason']:<22} "
+        f"job={letter['job_id'] or '-'} delivery={letter['delivery_id']}"
+    )
+
+
+def _counted(count: int, verb: str) -> str:
+    return f"{count} dead letter{'' if count == 1 else 's'} {verb}"
+
+
+def _check_target(letter_id: str | None, everything: bool, **filters: object) -> None:
+    if everything == (letter_id is not None):
+        raise click.UsageError("give either one LETTER_ID or --all")
+    used = [f"--{name.replace('_', '-')}" for name, value in filters.items() if value is not None]
+    if used and not everything:
+        raise click.UsageError(f"{', '.join(used)} only go with --all")
+
+
+@dead_letters.command("replay")
+@click.argument("letter_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Replay every matching letter.")
+@click.option("--provider", help="With --all: only this provider's letters.")
+@click.option("--reason", help="With --all: only letters parked for this reason.")
+def replay_dead_letters(
+    letter_id: str | None, everything: bool, provider: str | None, reason: str | None
+) -> None:
+    """Re-enqueue parked deliveries through the normal path (idempotent).
+
+    A delivery applied meanwhile ends as a duplicate; one that fails again is
+    parked again as a new letter.
+    """
+    from webhook_ingest.dead_letters import UnknownDeadLetter
+    from webhook_ingest.enqueue import EnqueueFailed
+
+    _check_target(letter_id, everything, provider=provider, reason=reason)
+    letters, celery_app = _services().dead_letters, _celery()
+    replayed = 0
+    try:
+        if letter_id is not None:
+            click.echo(_letter_line("replayed", letters.replay(letter_id, celery_app)))
+            replayed = 1
+        else:
+            for letter in letters.replay_matching(celery_app, provider, reason):
+                click.echo(_letter_line("replayed", letter))
+                replayed += 1
+    except UnknownDeadLetter:
+        raise click.ClickException(f"no dead letter {letter_id}") from None
+    except EnqueueFailed as exc:
+        click.echo(_counted(replayed, "replayed"))
+        raise click.ClickException(
+            f"broker unavailable ({exc}): the remaining letters are kept, replay them later"
+        ) from None
+    click.echo(_counted(replayed, "replayed"))
+
+
+@dead_letters.command("purge")
+@click.argument("letter_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Purge every matching letter.")
+@click.option("--provider", help="With --all: only this provider's letters.")
+@click.option("--reason", help="With --all: only letters parked for this reason.")
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=0),
+    metavar="SECONDS",
+    help="With --all: only letters parked at least this long ago.",
+)
+@click.option("--yes", is_flag=True, help="With --all: do not ask for confirmation.")
+def purge_dead_letters(
+    letter_id: str | None,
+    everything: bool,
+    provider: str | None,
+    reason: str | None,
+    older_than: int | None,
+    yes: bool,
+) -> None:
+    """Delete parked deliveries for good."""
+    from webhook_ingest.job_update import now_ms
+
+    _check_target(letter_id, everything, provider=provider, reason=reason, older_than=older_than)
+    letters = _services().dead_letters
+    if letter_id is not None:
+        letter = letters.purge(letter_id)
+        if letter is None:
+            raise click.ClickException(f"no dead letter {letter_id}")
+        click.echo(_letter_line("purged", letter))
+        click.echo(_counted(1, "purged"))
+        return
+    # Fixed now, so the purge takes exactly the letters that were confirmed.
+    parked_before = now_ms() - (older_than or 0) * 1000
+    matching = len(letters.select(provider, reason, parked_before))
+    if matching == 0:
+        click.echo(_counted(0, "purged"))
+        return
+    if not yes:
+        click.confirm(f"Purge {matching} dead letters for good?", abort=True)
+    purged = 0
+    for letter in letters.purge_matching(provider, reason, parked_before):
+        click.echo(_letter_line("purged", letter))
+        purged += 1
+    click.echo(_counted(purged, "purged"))
 
 
 if __name__ == "__main__":
