@@ -192,5 +192,41 @@ def purge_dead_letters(
     click.echo(_counted(purged, "purged"))
 
 
+@main.group("raw-deliveries")
+def raw_deliveries() -> None:
+    """Every verified delivery of the last RAW_RETENTION_SECONDS (off when 0)."""
+
+
+def _raw_deliveries():
+    services = _services()
+    if not services.raw_deliveries.enabled:
+        click.echo("raw retention is off (RAW_RETENTION_SECONDS=0): nothing new is kept", err=True)
+    return services.raw_deliveries
+
+
+@raw_deliveries.command("list")
+@click.option("--provider", help="Only this provider's deliveries.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+def list_raw_deliveries(provider: str | None, limit: int) -> None:
+    """Newest first."""
+    for delivery in _raw_deliveries().list(provider, limit):
+        click.echo(
+            f"{delivery['received_at']}  {delivery['provider']:<10} "
+            f"delivery={delivery['delivery_id']} job={delivery['job_id'] or '-'} "
+            f"{len(delivery['body'])} bytes"
+        )
+
+
+@raw_deliveries.command("show")
+@click.argument("provider")
+@click.argument("delivery_id")
+def show_raw_delivery(provider: str, delivery_id: str) -> None:
+    delivery = _raw_deliveries().get(provider, delivery_id)
+    if delivery is None:
+        raise click.ClickException(f"no raw delivery {provider} {delivery_id}")
+    json.dump(delivery, sys.stdout, indent=2)
+    click.echo()
+
+
 if __name__ == "__main__":
     main()
