@@ -345,7 +345,7 @@ def test_bulk_purge_asks_first_and_a_no_purges_nothing(services):
     refused = cli("dead-letters", "purge", "--all", input="n\n")
 
     assert refused.exit_code != 0
-    assert "Purge 2 dead letters" in refused.output, services.dead_letters.list()
+    assert "Purge 2 dead letters for good?" in refused.output, services.dead_letters.list()
     assert {letter["id"] for letter in services.dead_letters.list()} == letters
 
     confirmed = cli("dead-letters", "purge", "--all", input="y\n")

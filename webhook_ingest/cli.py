@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 
 import click
 
@@ -127,16 +128,21 @@ def replay_dead_letters(
     _check_target(letter_id, everything, provider=provider, reason=reason)
     letters, celery_app = _services().dead_letters, _celery()
     replayed = 0
-    try:
-        if letter_id is not None:
+    if letter_id is not None:
+        try:
             click.echo(_letter_line("replayed", letters.replay(letter_id, celery_app)))
-            replayed = 1
-        else:
-            for letter in letters.replay_matching(celery_app, provider, reason):
-                click.echo(_letter_line("replayed", letter))
-                replayed += 1
-    except UnknownDeadLetter:
-        raise click.ClickException(f"no dead letter {letter_id}") from None
+        except UnknownDeadLetter:
+            raise click.ClickException(f"no dead letter {letter_id}") from None
+        except EnqueueFailed as exc:
+            raise click.ClickException(
+                f"broker unavailable ({exc}): dead letter {letter_id} is kept, replay it later"
+            ) from None
+        click.echo(_counted(1, "replayed"))
+        return
+    try:
+        for letter in letters.replay_matching(celery_app, provider, reason):
+            click.echo(_letter_line("replayed", letter))
+            replayed += 1
     except EnqueueFailed as exc:
         click.echo(_counted(replayed, "replayed"))
         raise click.ClickException(
@@ -184,7 +190,7 @@ def purge_dead_letters(
         click.echo(_counted(0, "purged"))
         return
     if not yes:
-        click.confirm(f"Purge {matching} dead letters for good?", abort=True)
+        click.confirm(f"Purge {_counted(matching, 'for good')}?", abort=True)
     purged = 0
     for letter in letters.purge_matching(provider, reason, parked_before):
         click.echo(_letter_line("purged", letter))
@@ -210,8 +216,9 @@ def _raw_deliveries():
 def list_raw_deliveries(provider: str | None, limit: int) -> None:
     """Newest first."""
     for delivery in _raw_deliveries().list(provider, limit):
+        received = datetime.fromtimestamp(delivery["received_at"] / 1000, UTC)
         click.echo(
-            f"{delivery['received_at']}  {delivery['provider']:<10} "
+            f"{received.isoformat(timespec='milliseconds')}  {delivery['provider']:<10} "
             f"delivery={delivery['delivery_id']} job={delivery['job_id'] or '-'} "
             f"{len(delivery['body'])} bytes"
         )

@@ -230,11 +230,13 @@ def _matches(letter: dict[str, Any], provider: str | None, reason: str | None) -
 def _decoded(record: dict[str, Any]) -> dict[str, Any] | None:
     if not record or record.get("id") is None:
         return None
-    record["attempts"] = int(record["attempts"])
-    record["parked_at"] = int(record["parked_at"])
-    if record.get("message") is not None:
-        record["message"] = json.loads(record["message"])
-    return record
+    # In a stable order (a hash has none), for people reading the output.
+    letter = {name: record[name] for name in (*SUMMARY_FIELDS, "message") if name in record}
+    letter["attempts"] = int(letter["attempts"])
+    letter["parked_at"] = int(letter["parked_at"])
+    if letter.get("message") is not None:
+        letter["message"] = json.loads(letter["message"])
+    return letter
 
 
 def _log_context(letter: dict[str, Any]) -> dict[str, Any]:
