@@ -130,7 +130,7 @@ class DeadLetters:
         delivery = Delivery.from_message(letter["message"])
         enqueue(celery_app, dataclasses.replace(delivery, replayed_at=now_ms()))
         # Should this fail, the letter stays and a second replay is a harmless duplicate.
-        self.purge(letter_id)
+        self._delete(letter_id)
         log.info("dead letter %s replayed", letter_id, extra=_log_context(letter))
         return letter
 
@@ -149,12 +149,7 @@ class DeadLetters:
 
     def purge(self, letter_id: str) -> dict[str, Any] | None:
         """Remove one letter; the letter removed, or None if there was none."""
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(keys.dead_letter(letter_id))
-            pipe.delete(keys.dead_letter(letter_id))
-            pipe.zrem(keys.DEAD_LETTERS, letter_id)
-            record, _, _ = pipe.execute()
-        letter = _decoded(record)
+        letter = self._delete(letter_id)
         if letter is not None:
             log.info("dead letter %s purged", letter_id, extra=_log_context(letter))
         return letter
@@ -199,15 +194,12 @@ class DeadLetters:
                 for letter_id, _ in page:
                     pipe.hmget(keys.dead_letter(letter_id), fields)
                 records = pipe.execute()
-            ghosts = []
-            for (letter_id, _), values in zip(page, records, strict=True):
-                letter = _decoded(dict(zip(fields, values, strict=True)))
-                if letter is None:
-                    ghosts.append(letter_id)
-                else:
-                    yield letter
+            letters = [_decoded(dict(zip(fields, values, strict=True))) for values in records]
+            # Before yielding: a caller that stops early still leaves a cleaner index.
+            ghosts = [entry[0] for entry, letter in zip(page, letters, strict=True) if not letter]
             if ghosts:
                 self._forget(*ghosts)
+            yield from (letter for letter in letters if letter is not None)
             edge = page[-1][1]
             if edge != (highest if newest_first else lowest):
                 seen_at_edge = set()
@@ -216,6 +208,14 @@ class DeadLetters:
                 highest = edge
             else:
                 lowest = edge
+
+    def _delete(self, letter_id: str) -> dict[str, Any] | None:
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.dead_letter(letter_id))
+            pipe.delete(keys.dead_letter(letter_id))
+            pipe.zrem(keys.DEAD_LETTERS, letter_id)
+            record, _, _ = pipe.execute()
+        return _decoded(record)
 
     def _forget(self, *letter_ids: str) -> None:
         self._redis.zrem(keys.DEAD_LETTERS, *letter_ids)
