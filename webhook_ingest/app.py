@@ -8,7 +8,7 @@ from celery import Celery
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhook_ingest import metrics_endpoint, operator_api, receiver
+from webhook_ingest import dead_letter_api, metrics_endpoint, operator_api, receiver
 from webhook_ingest.http_errors import register_error_handlers
 from webhook_ingest.rate_limit import init_rate_limit
 from webhook_ingest.services import Services, build_services
@@ -40,6 +40,7 @@ def create_app(services: Services | None = None, celery_app: Celery | None = Non
     app.register_blueprint(receiver.blueprint)
     app.register_blueprint(operator_api.blueprint)
     app.register_blueprint(metrics_endpoint.blueprint)
+    app.register_blueprint(dead_letter_api.blueprint)
     register_error_handlers(app)
 
     disabled = sorted(

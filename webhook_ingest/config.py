@@ -50,6 +50,7 @@ class Settings:
     dedup_ttl_seconds: int
     unmatched_retry_seconds: int
     dead_letter_ttl_seconds: int
+    raw_retention_seconds: int
 
 
 _redis_scheme = validate.Regexp(r"^(redis|rediss|unix)://", error="must be a redis:// URL")
@@ -121,6 +122,8 @@ class SettingsSchema(Schema):
     dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", 3 * 24 * 3600 + 3600, _positive)
     unmatched_retry_seconds = _int("UNMATCHED_RETRY_SECONDS", 300, _positive)
     dead_letter_ttl_seconds = _int("DEAD_LETTER_TTL_SECONDS", 14 * 24 * 3600, _positive)
+    # A debug window of every verified delivery as received; 0 keeps none (the default).
+    raw_retention_seconds = _int("RAW_RETENTION_SECONDS", 0, validate.Range(min=0))
 
     @post_load
     def _derive(self, data: dict, **_: object) -> Settings:

@@ -4,19 +4,46 @@ A dead letter holds the delivery as it arrived (safe headers and raw body, the
 same message a worker received), the reason, the last error and the attempts,
 for `DEAD_LETTER_TTL_SECONDS`. Replaying re-enqueues that message through the
 normal path; the state function's per-job delivery ids keep a replay idempotent.
+
+Records expire by themselves; the index (a zset by parked time) does not, so
+every walk over it drops the ids whose record is gone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
+from celery import Celery
 
 from webhook_ingest import keys
 from webhook_ingest.delivery import Delivery
+from webhook_ingest.enqueue import enqueue
 from webhook_ingest.job_update import now_ms
+
+log = logging.getLogger(__name__)
+
+# Everything but the message: enough to list and filter without loading bodies.
+SUMMARY_FIELDS = (
+    "id",
+    "reason",
+    "error",
+    "attempts",
+    "parked_at",
+    "provider",
+    "delivery_id",
+    "job_id",
+)
+WALK_CHUNK = 200
+
+
+class UnknownDeadLetter(KeyError):
+    """No dead letter with this id (never parked, expired, purged or replayed)."""
 
 
 class DeadLetters:
@@ -47,30 +74,174 @@ class DeadLetters:
             pipe.execute()
         return letter_id
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        ids = self._redis.zrevrange(keys.DEAD_LETTERS, 0, max(0, limit - 1))
-        letters = [self.get(letter_id) for letter_id in ids]
-        return [letter for letter in letters if letter is not None]
+    # -- reading ---------------------------------------------------------------------
+
+    def list(
+        self,
+        limit: int = 50,
+        provider: str | None = None,
+        reason: str | None = None,
+        with_message: bool = True,
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` letters matching the filters."""
+        letters = []
+        for letter in self._walk(newest_first=True, with_message=with_message):
+            if _matches(letter, provider, reason):
+                letters.append(letter)
+                if len(letters) >= limit:
+                    break
+        return letters
 
     def get(self, letter_id: str) -> dict[str, Any] | None:
-        record = self._redis.hgetall(keys.dead_letter(letter_id))
-        if not record:
-            return None
-        record["attempts"] = int(record["attempts"])
-        record["parked_at"] = int(record["parked_at"])
-        record["message"] = json.loads(record["message"])
-        return record
+        return _decoded(self._redis.hgetall(keys.dead_letter(letter_id)))
 
     def delivery(self, letter_id: str) -> Delivery | None:
         letter = self.get(letter_id)
         return Delivery.from_message(letter["message"]) if letter else None
 
-    def remove(self, letter_id: str) -> bool:
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.dead_letter(letter_id))
-            pipe.zrem(keys.DEAD_LETTERS, letter_id)
-            deleted, _ = pipe.execute()
-        return bool(deleted)
+    def select(
+        self,
+        provider: str | None = None,
+        reason: str | None = None,
+        parked_before: int | None = None,
+    ) -> list[str]:
+        """Ids of the matching letters, oldest first; `parked_before` is epoch ms."""
+        return [
+            letter["id"]
+            for letter in self._walk(newest_first=False, parked_before=parked_before)
+            if _matches(letter, provider, reason)
+        ]
 
     def count(self) -> int:
         return self._redis.zcard(keys.DEAD_LETTERS)
+
+    # -- acting ----------------------------------------------------------------------
+
+    def replay(self, letter_id: str, celery_app: Celery) -> dict[str, Any]:
+        """Re-enqueue the letter's delivery as it arrived; remove it once the broker has it.
+
+        Same task, same delivery id: a delivery that was applied meanwhile ends as a
+        duplicate. Raises UnknownDeadLetter, or EnqueueFailed (the letter stays).
+        """
+        letter = self.get(letter_id)
+        if letter is None:
+            self._forget(letter_id)
+            raise UnknownDeadLetter(letter_id)
+        delivery = Delivery.from_message(letter["message"])
+        enqueue(celery_app, dataclasses.replace(delivery, replayed_at=now_ms()))
+        # Should this fail, the letter stays and a second replay is a harmless duplicate.
+        self._delete(letter_id)
+        log.info("dead letter %s replayed", letter_id, extra=_log_context(letter))
+        return letter
+
+    def replay_matching(
+        self, celery_app: Celery, provider: str | None = None, reason: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Replay the matching letters oldest first, yielding each once the broker has it.
+
+        Stops with EnqueueFailed at the first the broker refuses; the rest stay.
+        """
+        for letter_id in self.select(provider, reason):
+            try:
+                yield self.replay(letter_id, celery_app)
+            except UnknownDeadLetter:
+                continue  # purged, replayed or expired since the selection
+
+    def purge(self, letter_id: str) -> dict[str, Any] | None:
+        """Remove one letter; the letter removed, or None if there was none."""
+        letter = self._delete(letter_id)
+        if letter is not None:
+            log.info("dead letter %s purged", letter_id, extra=_log_context(letter))
+        return letter
+
+    def purge_matching(
+        self,
+        provider: str | None = None,
+        reason: str | None = None,
+        parked_before: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Purge the matching letters oldest first, yielding each one removed."""
+        for letter_id in self.select(provider, reason, parked_before):
+            letter = self.purge(letter_id)
+            if letter is not None:
+                yield letter
+
+    # -- the index -------------------------------------------------------------------
+
+    def _walk(
+        self, newest_first: bool, parked_before: int | None = None, with_message: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Letters in index order, read a chunk per round trip; ghosts leave the index.
+
+        Ids are read by score, not position, so removals during the walk (by the
+        caller or by others) neither skip nor repeat a letter.
+        """
+        fields = SUMMARY_FIELDS + (("message",) if with_message else ())
+        lowest, highest = "-inf", "+inf" if parked_before is None else parked_before
+        seen_at_edge: set[str] = set()
+        while True:
+            # The moving edge is inclusive (letters can share a millisecond): ask for as
+            # many more as were already seen at it, so a tie never ends the walk early.
+            span = {"start": 0, "num": WALK_CHUNK + len(seen_at_edge), "withscores": True}
+            if newest_first:
+                page = self._redis.zrevrangebyscore(keys.DEAD_LETTERS, highest, lowest, **span)
+            else:
+                page = self._redis.zrangebyscore(keys.DEAD_LETTERS, lowest, highest, **span)
+            page = [entry for entry in page if entry[0] not in seen_at_edge]
+            if not page:
+                return
+            with self._redis.pipeline(transaction=False) as pipe:
+                for letter_id, _ in page:
+                    pipe.hmget(keys.dead_letter(letter_id), fields)
+                records = pipe.execute()
+            letters = [_decoded(dict(zip(fields, values, strict=True))) for values in records]
+            # Before yielding: a caller that stops early still leaves a cleaner index.
+            ghosts = [entry[0] for entry, letter in zip(page, letters, strict=True) if not letter]
+            if ghosts:
+                self._forget(*ghosts)
+            yield from (letter for letter in letters if letter is not None)
+            edge = page[-1][1]
+            if edge != (highest if newest_first else lowest):
+                seen_at_edge = set()
+            seen_at_edge.update(letter_id for letter_id, score in page if score == edge)
+            if newest_first:
+                highest = edge
+            else:
+                lowest = edge
+
+    def _delete(self, letter_id: str) -> dict[str, Any] | None:
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.dead_letter(letter_id))
+            pipe.delete(keys.dead_letter(letter_id))
+            pipe.zrem(keys.DEAD_LETTERS, letter_id)
+            record, _, _ = pipe.execute()
+        return _decoded(record)
+
+    def _forget(self, *letter_ids: str) -> None:
+        self._redis.zrem(keys.DEAD_LETTERS, *letter_ids)
+
+
+def _matches(letter: dict[str, Any], provider: str | None, reason: str | None) -> bool:
+    return (provider is None or letter["provider"] == provider) and (
+        reason is None or letter["reason"] == reason
+    )
+
+
+def _decoded(record: dict[str, Any]) -> dict[str, Any] | None:
+    if not record or record.get("id") is None:
+        return None
+    # In a stable order (a hash has none), for people reading the output.
+    letter = {name: record[name] for name in (*SUMMARY_FIELDS, "message") if name in record}
+    letter["attempts"] = int(letter["attempts"])
+    letter["parked_at"] = int(letter["parked_at"])
+    if letter.get("message") is not None:
+        letter["message"] = json.loads(letter["message"])
+    return letter
+
+
+def _log_context(letter: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "provider": letter["provider"],
+        "delivery_id": letter["delivery_id"],
+        "job_id": letter["job_id"] or None,
+    }

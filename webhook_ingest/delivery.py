@@ -23,6 +23,9 @@ class Delivery:
     job_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     received_at: int = field(default_factory=now_ms)
+    # Set when an operator replays a dead letter (ms), so a worker can tell a replay
+    # from a first delivery; received_at keeps the original arrival.
+    replayed_at: int | None = None
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)

@@ -67,3 +67,11 @@ DEAD_LETTERS = "webhook_ingest:dead_letters"  # zset dead letter id -> parked at
 
 def dead_letter(letter_id: str) -> str:
     return f"webhook_ingest:dead_letter:{letter_id}"
+
+
+RAW_DELIVERIES = "webhook_ingest:raw_deliveries"  # zset "{provider}:{delivery_id}" -> received (ms)
+
+
+def raw_delivery(member: str) -> str:
+    """A verified delivery kept for RAW_RETENTION_SECONDS; `member` as in RAW_DELIVERIES."""
+    return f"webhook_ingest:raw_delivery:{member}"

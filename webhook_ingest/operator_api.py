@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import Schema, ValidationError, fields, validate
 
+from webhook_ingest.admin_auth import require_admin
 from webhook_ingest.http_errors import error
 from webhook_ingest.job_view import job_view
 from webhook_ingest.jobs import Registration
@@ -48,21 +48,11 @@ def readyz():
     return jsonify(status="ready")
 
 
-def _authorized() -> bool:
-    token = current_app.extensions["webhook_ingest"].settings.admin_token
-    given = request.headers.get("Authorization", "")
-    if not token or not given.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(given[len("Bearer ") :].encode(), token.encode())
-
-
 @blueprint.before_request
 def _require_admin():
     if request.endpoint in ("operator.healthz", "operator.readyz"):
         return None
-    if not _authorized():
-        return error(401, "operator token required", WWW_Authenticate="Bearer")
-    return None
+    return require_admin()
 
 
 class RegisterJobSchema(Schema):

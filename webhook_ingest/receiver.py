@@ -129,6 +129,7 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
         claims.confirm(provider, delivery_id)
     except Exception:  # enqueued is what matters; the pending claim expires by itself
         log.warning("could not confirm delivery claim", extra={"provider": provider, **ids})
+    services.raw_deliveries.keep(delivery)  # off by default; never raises
     _count(label, "accepted", **ids)
     return jsonify(received=True), 202
 

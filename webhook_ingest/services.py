@@ -13,6 +13,7 @@ from webhook_ingest.dead_letters import DeadLetters
 from webhook_ingest.delivery_claims import DeliveryClaims
 from webhook_ingest.jobs import JobRegistry
 from webhook_ingest.providers import Provider, load_providers
+from webhook_ingest.raw_deliveries import RawDeliveries
 from webhook_ingest.state import StateStore
 
 
@@ -25,6 +26,7 @@ class Services:
     claims: DeliveryClaims
     dead_letters: DeadLetters
     providers: dict[str, Provider]
+    raw_deliveries: RawDeliveries
 
 
 def build_services(
@@ -44,4 +46,5 @@ def build_services(
         claims=DeliveryClaims(client, ttl_seconds=settings.dedup_ttl_seconds),
         dead_letters=DeadLetters(client, ttl_seconds=settings.dead_letter_ttl_seconds),
         providers=load_providers(settings, environ),
+        raw_deliveries=RawDeliveries(client, retention_seconds=settings.raw_retention_seconds),
     )
