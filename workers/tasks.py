@@ -45,7 +45,8 @@ def ingest_delivery(self, message: dict) -> str:
         result = ingest(delivery, svc)
     except JobNotFound as exc:
         UNMATCHED_DELIVERIES.labels(delivery.provider).inc()
-        waited = time.time() - delivery.received_at / 1000
+        # a replay waits its own window: the operator may be registering the job now
+        waited = time.time() - (delivery.replayed_at or delivery.received_at) / 1000
         if waited >= svc.settings.unmatched_retry_seconds:
             return _park(delivery, "unmatched", exc, self.request.retries + 1)
         log.info("job not registered yet, retrying", extra=context)
@@ -71,7 +72,7 @@ def ingest_delivery(self, message: dict) -> str:
         return _park(delivery, "error", exc, self.request.retries + 1)
     outcome = result.outcome.value
     DELIVERIES_PROCESSED.labels(delivery.provider, outcome).inc()
-    if result.outcome is IngestOutcome.APPLIED and not message.get("replayed_at"):
+    if result.outcome is IngestOutcome.APPLIED and not delivery.replayed_at:
         # a replay's age is the operator's, not the pipeline's
         RECEIVE_TO_APPLIED_SECONDS.labels(delivery.provider).observe(
             max(0.0, time.time() - delivery.received_at / 1000)
