@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from webhook_ingest import dead_letter_api, metrics_endpoint, operator_api, receiver
 from webhook_ingest.http_errors import register_error_handlers
 from webhook_ingest.rate_limit import init_rate_limit
+from webhook_ingest.receiver_queue import ReceiverQueue
 from webhook_ingest.services import Services, build_services
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def create_app(services: Services | None = None, celery_app: Celery | None = Non
 
     app.extensions["webhook_ingest"] = services
     app.extensions["celery"] = celery_app
+    app.extensions["receiver_queue"] = ReceiverQueue(services, celery_app)
     init_rate_limit(app, settings, receiver.blueprint)
     app.register_blueprint(receiver.blueprint)
     app.register_blueprint(operator_api.blueprint)

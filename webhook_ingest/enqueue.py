@@ -27,9 +27,13 @@ def enqueue(celery_app: Celery, delivery: Delivery) -> None:
         celery_app.send_task(
             INGEST_TASK,
             args=[delivery.to_message()],
-            # Readable in Flower without showing the payload.
-            argsrepr=f"<{delivery.provider} delivery {delivery.delivery_id}>",
+            argsrepr=argsrepr(delivery),
         )
     except Exception as exc:  # any failure to publish must become a 503, never a 2xx
         log.warning("enqueue failed: %s", type(exc).__name__)
         raise EnqueueFailed(type(exc).__name__) from None
+
+
+def argsrepr(delivery: Delivery) -> str:
+    """How the task's arguments show in Flower and logs: readable, never the payload."""
+    return f"<{delivery.provider} delivery {delivery.delivery_id}>"

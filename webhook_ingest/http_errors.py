@@ -22,6 +22,8 @@ def error(status: int, message: str, **headers: str):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
+        if exc.response is not None:  # already answered in full (the rate limiter's 429)
+            return exc.response
         messages = {
             429: "too many requests",
             400: "bad request",

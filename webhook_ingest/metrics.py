@@ -30,7 +30,8 @@ VERIFICATION_FAILURES = Counter(
 )
 ENQUEUE_SECONDS = Histogram(
     "webhook_enqueue_seconds",
-    "Time to make a verified delivery durable on the broker (publish, with confirms).",
+    "Time to make a verified delivery durable on the broker (claim and publish, "
+    "with publisher confirms on RabbitMQ).",
     ["provider"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )

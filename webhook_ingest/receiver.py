@@ -17,7 +17,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from webhook_ingest import strict_json
 from webhook_ingest.delivery import Delivery, kept_headers
 from webhook_ingest.delivery_claims import Claim
-from webhook_ingest.enqueue import EnqueueFailed, enqueue
+from webhook_ingest.enqueue import EnqueueFailed
 from webhook_ingest.http_errors import error
 from webhook_ingest.metrics import DELIVERIES_RECEIVED, ENQUEUE_SECONDS, VERIFICATION_FAILURES
 from webhook_ingest.verification import VerificationError, VerificationUnavailable, body_digest
@@ -85,9 +85,25 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     if not isinstance(payload, dict):
         return _refused(label, "invalid_json", 400, "body is not a JSON object", **ids)
 
-    claims = services.claims
+    delivery = Delivery(
+        provider=provider,
+        delivery_id=delivery_id,
+        body=text,
+        job_id=job_id,
+        headers=kept_headers(request.headers),
+    )
+    started = time.perf_counter()
     try:
-        claim = claims.claim(provider, delivery_id)
+        claim = current_app.extensions["receiver_queue"].accept(delivery)
+    except EnqueueFailed:
+        return _refused(
+            label,
+            "queue_unavailable",
+            503,
+            "queue unavailable, retry later",
+            Retry_After="5",
+            **ids,
+        )
     except redis.RedisError:
         _count(label, "state_unavailable", **ids)
         raise  # the app's handler answers 503
@@ -103,32 +119,7 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
             Retry_After="1",
             **ids,
         )
-
-    delivery = Delivery(
-        provider=provider,
-        delivery_id=delivery_id,
-        body=text,
-        job_id=job_id,
-        headers=kept_headers(request.headers),
-    )
-    started = time.perf_counter()
-    try:
-        enqueue(current_app.extensions["celery"], delivery)
-    except EnqueueFailed:
-        _release(claims, provider, delivery_id)
-        return _refused(
-            label,
-            "queue_unavailable",
-            503,
-            "queue unavailable, retry later",
-            Retry_After="5",
-            **ids,
-        )
     ENQUEUE_SECONDS.labels(label).observe(time.perf_counter() - started)
-    try:
-        claims.confirm(provider, delivery_id)
-    except Exception:  # enqueued is what matters; the pending claim expires by itself
-        log.warning("could not confirm delivery claim", extra={"provider": provider, **ids})
     services.raw_deliveries.keep(delivery)  # off by default; never raises
     _count(label, "accepted", **ids)
     return jsonify(received=True), 202
@@ -180,10 +171,3 @@ def read_body(limit: int) -> bytes:
     if len(body) > limit:
         raise RequestEntityTooLarge()
     return body
-
-
-def _release(claims, provider: str, delivery_id: str) -> None:
-    try:
-        claims.release(provider, delivery_id)
-    except Exception:  # Redis down too: the pending claim expires within seconds
-        log.warning("could not release delivery claim", extra={"provider": provider})

@@ -1,0 +1,149 @@
+"""The receiver's one-call claim + enqueue when the broker shares the state's Redis server:
+the message is the one kombu would have written, the worker applies it, and the claim
+and the queue change together or not at all."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.conftest import REPLICATE_SECRET, TEST_BROKER_URL, TEST_REDIS_URL
+from tests.support import body_of, celery_for, client_for, signed_headers, wait_for
+from webhook_ingest import keys
+from webhook_ingest.delivery import Delivery
+from webhook_ingest.delivery_claims import PENDING, Claim
+from webhook_ingest.enqueue import enqueue
+from webhook_ingest.receiver_queue import ReceiverQueue
+from webhook_ingest.redis_enqueue import RedisDirectEnqueue
+
+QUEUE = "webhook_ingest"
+
+
+@pytest.fixture
+def broker():
+    """A publishing app on the tests' broker database, and a client to read its queue."""
+    import redis
+
+    app = celery_for(TEST_BROKER_URL)
+    reader = redis.Redis.from_url(TEST_BROKER_URL, decode_responses=True)
+    reader.delete(QUEUE)
+    yield app, reader
+    reader.delete(QUEUE)
+    reader.close()
+    app.close()
+
+
+def delivery(n: int = 1) -> Delivery:
+    return Delivery(
+        provider="replicate",
+        delivery_id=f"msg_direct_{n}",
+        body=body_of({"id": f"p{n}", "status": "processing"}),
+        job_id=f"job-direct-{n}",
+        headers={"webhook-id": f"msg_direct_{n}"},
+    )
+
+
+def test_it_applies_only_when_the_broker_is_on_the_state_redis_server(broker):
+    app, _ = broker
+    assert RedisDirectEnqueue.applies(app, TEST_REDIS_URL)  # other database, same server
+    other_server = celery_for("redis://127.0.0.1:1/0")
+    assert not RedisDirectEnqueue.applies(other_server, TEST_REDIS_URL)
+    rabbit = celery_for("amqp://guest:guest@127.0.0.1:5672//")
+    assert not RedisDirectEnqueue.applies(rabbit, TEST_REDIS_URL)
+
+
+def test_the_message_is_the_one_kombu_writes_for_send_task(services, broker):
+    app, reader = broker
+    direct = RedisDirectEnqueue(services.redis, app, TEST_REDIS_URL, 60)
+    sample = delivery()
+
+    enqueue(app, sample)  # through kombu
+    by_kombu = json.loads(reader.rpop(QUEUE))
+    ours = json.loads(direct.message(sample))
+
+    def shape(value):
+        if isinstance(value, dict):
+            return {key: shape(item) for key, item in value.items()}
+        return type(value).__name__
+
+    assert shape(ours) == shape(by_kombu)
+    varying = {"id", "root_id"}
+    assert {k: v for k, v in ours["headers"].items() if k not in varying} == {
+        k: v for k, v in by_kombu["headers"].items() if k not in varying
+    }
+    assert (
+        ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+    )
+    for name in ("delivery_mode", "delivery_info", "priority", "body_encoding", "reply_to"):
+        assert ours["properties"][name] == by_kombu["properties"][name], name
+    for name in ("content-type", "content-encoding"):
+        assert ours[name] == by_kombu[name]
+
+    def body(message):
+        return json.loads(base64.b64decode(message["body"]))
+
+    assert body(ours) == body(by_kombu)
+
+
+def test_claim_and_queue_change_together(services, broker, redis_client):
+    app, reader = broker
+    direct = RedisDirectEnqueue(services.redis, app, TEST_REDIS_URL, 60)
+    first, second = delivery(1), delivery(2)
+    claim_key = keys.delivery_claim("replicate", second.delivery_id)
+    redis_client.set(claim_key, PENDING)  # another request is enqueueing it (three-step path)
+
+    assert direct.accept(first) is Claim.NEW
+    assert direct.accept(first) is Claim.DUPLICATE
+    assert direct.accept(second) is Claim.IN_FLIGHT
+
+    assert reader.llen(QUEUE) == 1  # the duplicate and the in-flight one pushed nothing
+    assert redis_client.get(keys.delivery_claim("replicate", first.delivery_id)) == "enqueued"
+    assert 0 < redis_client.ttl(keys.delivery_claim("replicate", first.delivery_id)) <= 60
+    assert redis_client.get(claim_key) == PENDING
+
+
+def test_the_receiver_uses_one_call_here_and_three_steps_with_another_broker(
+    app, services, quiet_broker
+):
+    assert app.extensions["receiver_queue"].direct is not None
+    assert ReceiverQueue(services, quiet_broker).direct is None  # a separate redis-server
+
+
+def test_deliveries_through_the_one_call_path_are_applied_by_the_worker(
+    client, app, services, worker, redis_client, job_id
+):
+    assert app.extensions["receiver_queue"].direct is not None
+    services.jobs.register(job_id, "replicate", "pred-direct")
+    body = body_of({"id": "pred-direct", "status": "succeeded", "output": "out.png"})
+    headers = signed_headers(REPLICATE_SECRET, body)
+
+    first = client.post(f"/webhook/replicate/{job_id}", data=body, headers=headers)
+    again = client.post(f"/webhook/replicate/{job_id}", data=body, headers=headers)
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.get_json() == {"received": True, "duplicate": True}
+    state = wait_for(
+        lambda: (
+            redis_client.hgetall(keys.job_state(job_id)).get("status") == "completed"
+            and redis_client.hgetall(keys.job_state(job_id))
+        ),
+        message="the worker to apply the delivery",
+    )
+    assert state["result"] == '"out.png"'
+
+
+def test_with_the_broker_on_another_server_the_three_step_path_still_acknowledges_once(
+    services, quiet_broker, job_id
+):
+    receiver = client_for(services, quiet_broker)
+    body = body_of({"id": "p", "status": "processing"})
+    headers = signed_headers(REPLICATE_SECRET, body)
+
+    answers = [
+        receiver.post(f"/webhook/replicate/{job_id}", data=body, headers=headers).status_code
+        for _ in range(2)
+    ]
+
+    assert answers == [202, 200]

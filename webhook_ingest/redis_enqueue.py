@@ -1,0 +1,136 @@
+"""Claim a delivery and put it on the Celery queue in one Redis call.
+
+When the broker is a database of the state Redis server (the default:
+CELERY_BROKER_URL unset means REDIS_URL), the receiver's three round trips —
+claim the delivery id, publish through kombu, confirm the claim — become one
+Lua script that Redis runs atomically: it LPUSHes the same message kombu's Redis
+transport would (Celery message protocol v2 in kombu's envelope) onto the queue
+list the worker consumes, and marks the claim `enqueued` in the same step. The
+script SELECTs the broker's database and back (allowed in scripts; the caller's
+connection keeps its own). Durability is the broker's own (the same LPUSH on
+the same server); atomicity is better than the three-step path, which needs a
+`pending` claim to cover a crash between its steps.
+
+Measured (bench/, docs/benchmarks.md): kombu's publish costs several Redis
+round trips' worth of Python per delivery; this is one round trip.
+
+Anything else (RabbitMQ, a separate Redis server, TLS differences) uses the
+three-step path in webhook_ingest.receiver_queue.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from urllib.parse import urlsplit
+
+import redis
+from celery import Celery
+
+from webhook_ingest import keys
+from webhook_ingest.delivery import Delivery
+from webhook_ingest.delivery_claims import ENQUEUED, Claim
+from webhook_ingest.enqueue import INGEST_TASK, argsrepr
+
+# KEYS: claim key, queue list. ARGV: message, claim TTL, broker db, state db.
+_CLAIM_AND_PUSH_LUA = """
+local previous = redis.call('GET', KEYS[1])
+if previous then
+  if previous == ARGV[5] then return 'duplicate' end
+  return 'in_flight'
+end
+local broker_db, state_db = tonumber(ARGV[3]), tonumber(ARGV[4])
+if broker_db ~= state_db then redis.call('SELECT', broker_db) end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+if broker_db ~= state_db then redis.call('SELECT', state_db) end
+redis.call('SET', KEYS[1], ARGV[5], 'EX', ARGV[2])
+return 'enqueued'
+"""
+
+_OUTCOMES = {"enqueued": Claim.NEW, "duplicate": Claim.DUPLICATE, "in_flight": Claim.IN_FLIGHT}
+
+
+def _server(url: str) -> tuple | None:
+    """(scheme, host, port, user, password) of a redis:// URL, None for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return None
+    host = {"localhost": "127.0.0.1"}.get(parts.hostname or "", parts.hostname)
+    return (parts.scheme, host, parts.port or 6379, parts.username, parts.password)
+
+
+def _db(url: str) -> int:
+    path = urlsplit(url).path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
+class RedisDirectEnqueue:
+    """Claim + enqueue + confirm as one script; see the module docstring."""
+
+    def __init__(
+        self, client: redis.Redis, celery_app: Celery, state_url: str, claim_ttl_seconds: int
+    ) -> None:
+        self._script = client.register_script(_CLAIM_AND_PUSH_LUA)
+        self._ttl = claim_ttl_seconds
+        self._state_db = _db(state_url)
+        self._broker_db = _db(broker_url(celery_app))
+        route = celery_app.amqp.router.route({}, INGEST_TASK)
+        self._queue = route["queue"].name
+        # Celery's own builder makes the template once, so the headers are exactly
+        # what this Celery version sends; per message only the ids change.
+        # (ignore_result None, as send_task leaves it: the task and conf decide)
+        template = celery_app.amqp.as_task_v2(
+            "0", INGEST_TASK, args=[], kwargs={}, ignore_result=None
+        )
+        self._headers = template.headers
+        # what send_task puts here (its results channel; unused without a result backend)
+        self._reply_to = celery_app.thread_oid
+        self._embed = template.body[2]
+
+    @classmethod
+    def applies(cls, celery_app: Celery, state_url: str) -> bool:
+        """Only when the broker is a database of the state's own Redis server."""
+        broker = broker_url(celery_app)
+        return _server(broker) is not None and _server(broker) == _server(state_url)
+
+    def accept(self, delivery: Delivery) -> Claim:
+        reply = self._script(
+            keys=[keys.delivery_claim(delivery.provider, delivery.delivery_id), self._queue],
+            args=[self.message(delivery), self._ttl, self._broker_db, self._state_db, ENQUEUED],
+        )
+        return _OUTCOMES[reply]
+
+    def message(self, delivery: Delivery) -> str:
+        """The JSON kombu's Redis transport stores for `send_task(INGEST_TASK, [message])`."""
+        task_id = str(uuid.uuid4())
+        headers_argsrepr = argsrepr(delivery)
+        body = json.dumps([[delivery.to_message()], {}, self._embed])
+        return json.dumps(
+            {
+                "body": base64.b64encode(body.encode()).decode("ascii"),
+                "content-encoding": "utf-8",
+                "content-type": "application/json",
+                "headers": {
+                    **self._headers,
+                    "id": task_id,
+                    "root_id": task_id,
+                    "argsrepr": headers_argsrepr,
+                },
+                "properties": {
+                    "correlation_id": task_id,
+                    "reply_to": self._reply_to,
+                    # Celery copies it here too (publish options end up as properties)
+                    "argsrepr": headers_argsrepr,
+                    "delivery_mode": 2,  # persistent
+                    "delivery_info": {"exchange": "", "routing_key": self._queue},
+                    "priority": 0,
+                    "body_encoding": "base64",
+                    "delivery_tag": str(uuid.uuid4()),
+                },
+            }
+        )
+
+
+def broker_url(celery_app: Celery) -> str:
+    return celery_app.connection_for_write().as_uri(include_password=True)
