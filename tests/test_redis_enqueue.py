@@ -18,15 +18,17 @@ from webhook_ingest.enqueue import enqueue
 from webhook_ingest.receiver_queue import ReceiverQueue
 from webhook_ingest.redis_enqueue import RedisDirectEnqueue
 
-QUEUE = "webhook_ingest"
+# A queue no worker consumes: the session's worker reads the default one.
+QUEUE = "direct_enqueue_tests"
 
 
 @pytest.fixture
 def broker():
-    """A publishing app on the tests' broker database, and a client to read its queue."""
+    """A publishing app on the tests' broker database routing to QUEUE, and a reader."""
     import redis
 
     app = celery_for(TEST_BROKER_URL)
+    app.conf.task_default_queue = QUEUE
     reader = redis.Redis.from_url(TEST_BROKER_URL, decode_responses=True)
     reader.delete(QUEUE)
     yield app, reader
