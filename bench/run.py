@@ -117,7 +117,11 @@ def main() -> int:
     began = time.monotonic()
     work_dir = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     procs = Processes(work_dir)
+    # Explicitly: a shell's background job inherits SIGINT ignored, and Ctrl-C must
+    # still stop everything this run started (the finally below).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     bench = Bench(work_dir, procs)
     keep = os.environ.get("BENCH_KEEP") == "1"
     try:

@@ -16,7 +16,12 @@ PROBE_CHANNEL = "bench:probe"
 
 
 def _serve(redis_url: str, conn) -> None:
+    import signal
+
     import redis
+
+    # Ctrl-C reaches the whole process group: the harness stops this one itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     client = redis.Redis.from_url(redis_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
