@@ -17,7 +17,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 export TEST_REDIS_URL
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean bench
 
 install: $(STAMP)
 
@@ -36,6 +36,13 @@ run: install
 test: install
 	REDIS_URL='$(TEST_REDIS_URL)' scripts/ensure-redis.sh --with-binary
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Throughput, latency and growth figures (docs/benchmarks.md): starts its own
+# Redis and the service's processes, prints a table, writes bench/results/latest.json.
+bench: install
+	command -v redis-server >/dev/null || apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
+	command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	$(PY) -m bench.run
 
 lint: install
 	$(VENV)/bin/ruff check .

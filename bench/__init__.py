@@ -1,0 +1,1 @@
+"""`make bench`: the throughput, latency and growth harness (issue 6). Not installed."""
