@@ -6,6 +6,8 @@
 import multiprocessing
 import os
 
+from gunicorn.glogging import Logger
+
 from webhook_ingest import json_logs, metrics_dir
 
 
@@ -49,7 +51,24 @@ accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") == "1" else None
 errorlog = "-"
 # gunicorn's own lines in the service's format (JSON by default), with request
 # text that may carry a URL or bearer token withheld (webhook_ingest.json_logs).
-logconfig_dict = json_logs.gunicorn_logconfig()
+logconfig_dict = json_logs.gunicorn_logconfig(access=accesslog is not None)
+
+
+class AccessLogOnlyWhenAsked(Logger):
+    """gunicorn (>= 22) logs every request whenever a logconfig is set, whatever
+    `accesslog` says, and builds the line's atoms before the level check: about a
+    tenth of a delivery's cost in the receiver. Only `accesslog` turns it on here."""
+
+    def _compute_access_log_enabled(self):
+        return bool(self.cfg.accesslog)
+
+    # Older gunicorn has no access_log_enabled and decides inside access().
+    def access(self, resp, req, environ, request_time):
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = AccessLogOnlyWhenAsked
 
 # No preload: the app's Redis and broker connections must be made in each
 # worker after the fork, never shared between processes through it.

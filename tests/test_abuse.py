@@ -632,7 +632,7 @@ def test_no_secret_token_or_signature_reaches_the_app_logs_at_debug(target, capl
 class Gunicorn:
     """`gunicorn -c gunicorn.conf.py webhook_ingest.wsgi:app`, stderr to a file."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, *, access_log: bool = False) -> None:
         self.port = free_port()
         self.log = Path(f"/tmp/wi-abuse-{uuid.uuid4().hex[:8]}.log")
         env = {
@@ -644,6 +644,8 @@ class Gunicorn:
             "WEB_CONCURRENCY": "2",
         }
         env.pop("GUNICORN_ACCESS_LOG", None)  # the deployed default: no access log
+        if access_log:
+            env["GUNICORN_ACCESS_LOG"] = "1"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "webhook_ingest.wsgi:app"],
@@ -855,6 +857,51 @@ def test_no_secret_token_or_signature_reaches_the_gunicorn_log(gunicorn):
     text = server.logged()[start:]
     for value in secret_strings() + signature_values(batch):
         assert value not in text
+
+
+def _access_lines(text: str) -> list[dict]:
+    entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [entry for entry in entries if entry["logger"] == "gunicorn.access"]
+
+
+@pytest.mark.e2e
+def test_the_deployed_receiver_writes_no_access_log_line(gunicorn):
+    """gunicorn logs every request whenever a logconfig is set, unless told otherwise
+    (gunicorn.conf.py): the default must pay for no line per delivery."""
+    server, _ = gunicorn
+    start = len(server.logged())
+    probe = uuid.uuid4().hex
+    assert exchange(server.port, authentic_request(path_suffix=f"?probe={probe}"))[0] == 202
+    # a rejected delivery logs a line of the app's after the probe's request
+    exchange(server.port, http_request("POST", "/webhook/replicate/job-abc", {}, b"{}"))
+    wait_for(lambda: "delivery rejected" in server.logged()[start:], timeout=10, message="log")
+
+    text = server.logged()[start:]
+    assert probe not in text
+    assert _access_lines(text) == []
+
+
+@pytest.mark.e2e
+def test_gunicorn_access_log_1_logs_each_request_as_json_with_url_tokens_withheld(
+    private_redis,
+):
+    server = Gunicorn(private_redis.url, access_log=True)
+    try:
+        probe = uuid.uuid4().hex
+        assert exchange(server.port, authentic_request(path_suffix=f"?probe={probe}"))[0] == 202
+        exchange(
+            server.port, http_request("POST", f"/webhook/runpod/job-abc/{URL_TOKEN}", {}, b"{}")
+        )
+        wait_for(
+            lambda: len(_access_lines(server.logged())) >= 2, timeout=10, message="access lines"
+        )
+        lines = _access_lines(server.logged())
+    finally:
+        server.stop()
+        server.log.unlink(missing_ok=True)
+
+    assert any(probe in line["message"] and " 202 " in line["message"] for line in lines), lines
+    assert all(URL_TOKEN not in line["message"] for line in lines), lines
 
 
 @pytest.mark.e2e

@@ -86,8 +86,9 @@ def configure(level: str | int | None = None) -> None:
     root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO").upper())
 
 
-def gunicorn_logconfig() -> dict:
-    """gunicorn's own loggers (errors, opt-in access log) in the same format, redacted."""
+def gunicorn_logconfig(access: bool = False) -> dict:
+    """gunicorn's own loggers (errors, and the access log if asked) in the same format,
+    redacted."""
     formatter_spec = (
         {"format": TEXT_FORMAT}
         if os.environ.get("LOG_FORMAT", "json").strip().lower() == "text"
@@ -99,14 +100,14 @@ def gunicorn_logconfig() -> dict:
         "filters": ["withhold_request_text"],
         "stream": "ext://sys.stderr",
     }
+    loggers = {"gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False}}
+    if access:
+        loggers["gunicorn.access"] = {"handlers": ["console"], "level": "INFO", "propagate": False}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"withhold_request_text": {"()": f"{__name__}.WithholdRequestText"}},
         "formatters": {"default": formatter_spec},
         "handlers": {"console": handler},
-        "loggers": {
-            "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
-            "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        },
+        "loggers": loggers,
     }
