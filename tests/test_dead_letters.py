@@ -27,6 +27,7 @@ from webhook_ingest.cli import main
 from webhook_ingest.dead_letters import WALK_CHUNK, UnknownDeadLetter
 from webhook_ingest.delivery import Delivery
 from webhook_ingest.enqueue import INGEST_TASK, EnqueueFailed
+from webhook_ingest.redis_enqueue import broker_url
 
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 
@@ -236,7 +237,7 @@ def test_replay_while_the_broker_is_unreachable_keeps_the_letter(services):
 def test_replay_sends_the_same_task_and_delivery_marked_as_a_replay(services, quiet_broker):
     letter_id = a_letter(services, job_id="job-on-the-wire")
     original = services.dead_letters.get(letter_id)["message"]
-    queue = redis.Redis.from_url(quiet_broker.connection_for_write().as_uri(include_password=True))
+    queue = redis.Redis.from_url(broker_url(quiet_broker))
     queue.delete(QUEUE)
     before = int(time.time() * 1000)
 
@@ -272,7 +273,7 @@ def test_an_unknown_letter_is_a_clear_cli_error(services, command):
 
 
 def test_replaying_an_unknown_letter_raises_and_sends_nothing(services, quiet_broker):
-    queue = redis.Redis.from_url(quiet_broker.connection_for_write().as_uri(include_password=True))
+    queue = redis.Redis.from_url(broker_url(quiet_broker))
     queue.delete(QUEUE)
 
     with pytest.raises(UnknownDeadLetter):

@@ -23,10 +23,12 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import redis
 from celery import Celery
+from kombu.transport import redis as kombu_redis
+from kombu.transport import resolve_transport
 
 from webhook_ingest import keys
 from webhook_ingest.delivery import Delivery
@@ -133,4 +135,17 @@ class RedisDirectEnqueue:
 
 
 def broker_url(celery_app: Celery) -> str:
-    return celery_app.connection_for_write().as_uri(include_password=True)
+    """The broker as a redis:// URL whenever kombu reaches it through its Redis
+    transport, ours included (workers/kombu_redis.py, whose URI kombu names after
+    the class); kombu's own URI for anything else (amqp://, sentinel://)."""
+    conn = celery_app.connection_for_write()
+    transport = resolve_transport(conn.transport_cls)
+    if not isinstance(transport, type) or not issubclass(transport, kombu_redis.Transport):
+        return conn.as_uri(include_password=True)
+    if issubclass(transport, kombu_redis.SentinelTransport):
+        return conn.as_uri(include_password=True)
+    scheme = "rediss" if conn.ssl else "redis"
+    auth = ""
+    if conn.userid or conn.password:
+        auth = f"{quote(conn.userid or '', safe='')}:{quote(conn.password or '', safe='')}@"
+    return f"{scheme}://{auth}{conn.hostname}:{conn.port or 6379}/{conn.virtual_host or 0}"
