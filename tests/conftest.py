@@ -128,3 +128,13 @@ def quiet_broker():
     yield celery_app
     celery_app.close()
     server.cleanup()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault suite's counts (tests/fault_harness.py), whatever the output capture."""
+    from tests.fault_harness import COUNTS
+
+    if COUNTS:
+        terminalreporter.section("fault suite counts")
+        for line in COUNTS:
+            terminalreporter.write_line(line)
