@@ -66,6 +66,15 @@ else:
     }
     # Fail fast when the broker is down so the receiver answers 503 promptly.
     broker_connection_timeout = 1.0
+    # Quorum queues: replicated across a RabbitMQ cluster's nodes (Raft) and
+    # always durable, with persistent messages, so a delivery acknowledged to a
+    # provider survives a broker node's loss, not only its restart. Celery then
+    # turns off global QoS (quorum queues refuse it; worker_detect_quorum_queues)
+    # and sends retry countdowns through RabbitMQ's native delayed delivery
+    # instead of holding them in the worker. A classic queue of the same name
+    # must be drained and deleted once before switching (docs/operations.md).
+    task_default_queue_type = "quorum"
+    task_create_missing_queue_type = "quorum"
 
 # Publishing from the receiver: a few quick retries, then give up so the HTTP
 # answer is a prompt 503 (the provider retries) instead of a hung request.
