@@ -17,7 +17,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 export TEST_REDIS_URL
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint clean bench
+.PHONY: install run test test-faults lint clean bench
 
 install: $(STAMP)
 
@@ -35,7 +35,14 @@ run: install
 
 test: install
 	REDIS_URL='$(TEST_REDIS_URL)' scripts/ensure-redis.sh --with-binary
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m 'not faults' $(PYTEST_ARGS)
+
+# The fault suite (docs/operations.md): kills and restarts the real processes,
+# Redis and RabbitMQ; longer than the rest of the tests together, so on its own.
+test-faults: install
+	REDIS_URL='$(TEST_REDIS_URL)' scripts/ensure-redis.sh --with-binary
+	scripts/ensure-rabbitmq.sh
+	$(VENV)/bin/pytest -m faults $(PYTEST_ARGS)
 
 # Throughput, latency and growth figures (docs/benchmarks.md): starts its own
 # Redis and the service's processes, prints a table, writes bench/results/latest.json.
