@@ -22,6 +22,10 @@ Bounds, from the settings:
   (5 s); its first tick is due at once (the schedule's last run is in Redis), and
   the polls follow within the spread (2 s for five jobs). Bound: 30 + 5 + 5 s of
   slack for a busy two-core box = 40 s (README, "Running two beats": about 35 s).
+
+The counts line reports polls (no webhooks are sent here): every poll the fake
+API answered, none lost or duplicated by construction; the figures that matter
+are the extra ones (polls per job, gaps, handover).
 """
 
 from __future__ import annotations
