@@ -19,10 +19,11 @@ HSET unacked) in a second round trip (kombu/transport/redis.py: `_brpop_read`,
 `QoS.append`). A worker killed between the two has removed the message from the
 queue without a trace anywhere: the delivery, acknowledged to the provider with a
 202, is lost (known upstream: celery/kombu#305, celery/celery#7950). Measured
-here: 1 delivery lost in each of two runs with a SIGKILL (of about 10,500
-sends). That run is marked xfail with this reason; the orphan poller recovers a
-lost terminal event (not a lost progress event), and on RabbitMQ the broker
-keeps a message until it is acknowledged.
+here: 1 delivery lost in two of three runs with a SIGKILL (of about 10,500
+sends each; the third lost none). That run is marked xfail (not strict) with
+this reason; the orphan poller recovers a lost terminal event (not a lost
+progress event), and on RabbitMQ the broker keeps a message until it is
+acknowledged.
 
 Asserted: every delivery acknowledged; every job in the state its terminal
 event implies; lost = 0 (every acknowledged delivery has an outcome in its
