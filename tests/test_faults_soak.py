@@ -1,0 +1,322 @@
+"""Soak: 10,000 deliveries over 1,000 jobs at a steady rate, the worker restarted once.
+
+Each job is a Replicate prediction with ten events (`starting`, eight
+`processing` with rising tqdm progress, a terminal `succeeded`, `failed` or
+`canceled`), 10,000 distinct deliveries in all, and 5 % of them resent with the
+same `webhook-id`. Jobs start at random moments of the run and each one's events
+follow a few seconds apart with jitter, so jobs overlap and some of a job's
+events arrive out of order. They go out at a steady RATE through the real
+gunicorn (two processes) and worker (two processes) on an AOF Redis that is
+both state store and broker. Half-way through the stream the worker is stopped
+and a new one started: with SIGTERM (warm shutdown: what a deploy does), and in
+a second run with SIGKILL (a crash or an OOM kill: its unacknowledged
+deliveries come back after the 10 s visibility timeout and kombu's restore
+sweep).
+
+**What SIGKILL cannot guarantee on the Redis broker.** kombu's Redis transport
+takes a message with BRPOP and records it as unacknowledged (ZADD unacked_index,
+HSET unacked) in a second round trip (kombu/transport/redis.py: `_brpop_read`,
+`QoS.append`). A worker killed between the two has removed the message from the
+queue without a trace anywhere: the delivery, acknowledged to the provider with a
+202, is lost (known upstream: celery/kombu#305, celery/celery#7950). Measured
+here: 1 delivery lost in two of three runs with a SIGKILL (of about 10,500
+sends each; the third lost none). That run is marked xfail (not strict) with
+this reason; the orphan poller recovers a lost terminal event (not a lost
+progress event), and on RabbitMQ the broker keeps a message until it is
+acknowledged.
+
+Asserted: every delivery acknowledged; every job in the state its terminal
+event implies; lost = 0 (every acknowledged delivery has an outcome in its
+job's `job_events`), duplicated = 0 (no delivery id applied twice); the broker
+drained. Then memory and retention.
+
+**Memory bound.** `used_memory` after the soak minus before it (processes up,
+no jobs yet) must stay under
+
+    JOBS × (515 + 512 + 20 × 200) + DELIVERIES × 416 + 2 MiB
+
+- 515 B per tracked job: mapping hash, reverse index, live-set member
+  (docs/benchmarks.md, measured; for a finished job its `finished_jobs` member
+  replaces the live one);
+- 512 B for the job's `job_state` hash (nine short fields: listpack-encoded);
+- `job_events:{job_id}` keeps at most 20 observations (state.EVENTS_KEEP) of
+  about 150-200 B each;
+- 416 B per remembered delivery id: the receiver's claim (176 B) and the
+  worker's applied record (240 B) (docs/benchmarks.md);
+- 2 MiB fixed: Redis' own buffers (AOF rewrite and client buffers, the scripts
+  cache), kombu's bindings, the dicts' growth in powers of two.
+
+With 1,000 jobs and 10,000 ids that is about 11.2 MiB. What it excludes on
+purpose: the broker's messages (about 1.5 KB each: 15 MB if the 10,000 stayed
+queued or unacknowledged) and anything else kept per delivery — a leak of
+either breaks it.
+
+**Retention.** Keys kept per delivery or per observation must expire by
+themselves: delivery claims, `applied:*`, `job_events:*`, `finished_jobs:*`
+all have a TTL. Without a TTL only: the job system's own `job_state:*` and
+`job_mapping:*` (contract §4, theirs to delete), the reverse index
+`external:*` (one per job, written with the mapping), and the fixed keys:
+kombu's bindings and the provider's live-job index. Anything else without a TTL fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests.fault_harness import Counts, FaultRedis, Ledger, System, new_jobs, register_jobs, report
+from tests.fault_sequences import (
+    Answers,
+    family_of,
+    key_census,
+    plan_job,
+    resend_unacknowledged,
+    send_all,
+    wait_queue_empty,
+)
+from webhook_ingest import keys
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+JOBS = 1000
+EVENTS_PER_JOB = 10  # starting + 8 processing + terminal
+DUPLICATE_SHARE = 0.05
+RATE = float(os.environ.get("SOAK_RATE", "120"))  # deliveries per second
+DELIVERY_ID_BYTES, TRACKED_JOB_BYTES = 416, 515  # docs/benchmarks.md
+STATE_BYTES, EVENT_BYTES, EVENTS_KEEP = 512, 200, 20
+FIXED_BYTES = 2 * 1024 * 1024
+# Without a TTL by design (see the docstring); everything else must expire.
+NO_TTL_PER_JOB = {"job_state:*", "job_mapping:*", "webhook_ingest:external:*"}
+NO_TTL_FIXED = {
+    "_kombu.binding.*",
+    "_kombu.binding_deadlines",
+    "_kombu.binding_permanent.webhook_ingest",
+    keys.live_jobs("replicate"),  # one per provider; empty (gone) once every job finished
+}
+MUST_EXPIRE = {
+    "webhook_ingest:delivery:*",
+    "webhook_ingest:applied:*",
+    "webhook_ingest:job_events:*",
+    keys.finished_jobs("replicate"),
+}
+
+
+def schedule(rng: random.Random, plans, seconds: float) -> list:
+    """All sends in time order: a job starts at a random moment of the first 85 %
+    of the run and its events follow about 2 % of the run apart, ±1.5 %, so
+    neighbours may swap; a resend comes up to 2 s after its original."""
+    timed = []
+    step = 0.02 * seconds
+    for plan in plans:
+        start = rng.uniform(0, 0.85 * seconds - EVENTS_PER_JOB * step)
+        for index, delivery in enumerate(plan.deliveries):
+            at = start + index * step + rng.uniform(-0.75, 0.75) * step
+            timed.append((at, delivery))
+            if rng.random() < DUPLICATE_SHARE:
+                timed.append((at + rng.uniform(0, 2), delivery))
+    timed.sort(key=lambda pair: pair[0])
+    return [delivery for _, delivery in timed]
+
+
+@pytest.mark.parametrize(
+    "signal_name",
+    [
+        "SIGTERM",
+        pytest.param(
+            "SIGKILL",
+            marks=pytest.mark.xfail(
+                reason="kombu Redis transport: BRPOP and the unacked record are two round "
+                "trips; a SIGKILL between them loses the message (celery/kombu#305)",
+                strict=False,
+            ),
+        ),
+    ],
+)
+def test_soak_ten_thousand_deliveries_with_a_worker_restart(signal_name):
+    seed = int(os.environ.get("FAULTS_SEED") or random.randrange(2**32))
+    print(f"\nsoak seed: {seed} (FAULTS_SEED={seed} reruns this sequence)")
+    rng = random.Random(seed)
+    started = time.monotonic()
+
+    store = FaultRedis().start()
+    # JSON logs carry each delivery's id: a lost one can be traced through them
+    system = System(store, extra_env={"LOG_FORMAT": "json"})
+    client = store.client()
+    restarts: list[str] = []
+    try:
+        system.start_web()
+        system.start_worker("worker-1")
+        system.wait_worker_ready("worker-1")
+        before = client.info("memory")["used_memory"]
+
+        jobs = new_jobs(JOBS, "soak")
+        register_jobs(store, jobs)
+        plans = {job_id: plan_job(rng, job_id, ext, EVENTS_PER_JOB - 2) for job_id, ext in jobs}
+        deliveries = [d for plan in plans.values() for d in plan.deliveries]
+        sends = schedule(rng, plans.values(), len(deliveries) * (1 + DUPLICATE_SHARE) / RATE)
+
+        middle = len(sends) // 2
+        halfway = threading.Event()
+
+        def on_progress(index: int) -> None:
+            if index == middle:
+                halfway.set()
+
+        def restarter() -> None:
+            halfway.wait(600)
+            at = time.monotonic()
+            system.kill("worker-1", getattr(signal, signal_name))
+            system.start_worker("worker-2")
+            system.wait_worker_ready("worker-2")
+            restarts.append(f"{signal_name}:{time.monotonic() - at:.1f}s")
+
+        thread = threading.Thread(target=restarter, daemon=True)
+        thread.start()
+        answers = Answers()
+        took = send_all(system, sends, answers, threads=8, rate=RATE, on_progress=on_progress)
+        thread.join(120)
+        retried = resend_unacknowledged(system, deliveries, answers)
+
+        # after a SIGKILL, kombu restores what the dead worker held once the
+        # visibility timeout (10 s) has passed, on its next restore sweep (every
+        # unacked_restore_interval x unacked_restore_throttle = 100 s by default)
+        drained = wait_queue_empty(client, timeout=150)
+        ledger = Ledger(store)
+        states = ledger.states(list(plans))
+        events = {job_id: _events(client, job_id) for job_id in plans}
+        whereabouts = _whereabouts(client, system, events, deliveries)
+        after = client.info("memory")["used_memory"]
+        census = key_census(client)
+        samples = {
+            family: client.memory_usage(name)
+            for name in (
+                keys.job_state(jobs[0][0]),
+                keys.job_mapping(jobs[0][0]),
+                keys.job_events(jobs[0][0]),
+                keys.applied_deliveries(jobs[0][0]),
+                keys.delivery_claim("replicate", deliveries[0].delivery_id),
+                keys.external_index("replicate", jobs[0][1]),
+            )
+            if (family := family_of(name))
+        }
+    finally:
+        client.close()
+        system.stop_all()
+        store.cleanup()
+
+    outcomes: Counter = Counter()
+    applied_ids: Counter = Counter()
+    observed: set[str] = set()
+    for job_events in events.values():
+        for event in job_events:
+            outcomes[event["outcome"]] += 1
+            observed.add(event["delivery_id"])
+            if event["outcome"] == "applied":
+                applied_ids[event["delivery_id"]] += 1
+    acknowledged = [d for d in deliveries if d.acknowledged]
+    lost = [d.delivery_id for d in acknowledged if d.delivery_id not in observed]
+    counts = Counts(
+        sent=len(deliveries),
+        acknowledged=len(acknowledged),
+        applied=len(applied_ids),
+        lost=len(lost),
+        duplicated=sum(1 for n in applied_ids.values() if n > 1),
+    )
+    wrong = [
+        (job_id, plan.terminal, {k: states[job_id].get(k) for k in plan.expected})
+        for job_id, plan in plans.items()
+        if {k: states[job_id].get(k) for k in plan.expected} != plan.expected
+    ]
+    bound = (
+        JOBS * (TRACKED_JOB_BYTES + STATE_BYTES + EVENTS_KEEP * EVENT_BYTES)
+        + len(deliveries) * DELIVERY_ID_BYTES
+        + FIXED_BYTES
+    )
+    grown = after - before
+    no_ttl = {f: c["no_ttl"] for f, c in census.items() if c["no_ttl"]}
+    unexpected = {f: n for f, n in no_ttl.items() if f not in NO_TTL_PER_JOB | NO_TTL_FIXED}
+    not_expiring = {f: census[f]["no_ttl"] for f in MUST_EXPIRE if census.get(f, {}).get("no_ttl")}
+    missing_families = [f for f in MUST_EXPIRE if f not in census]
+
+    mib = 1024 * 1024
+    report(
+        f"soak ({signal_name})",
+        counts,
+        seed=seed,
+        sends=len(sends),
+        rate=f"{len(sends) / took:.0f}/s",
+        send_seconds=f"{took:.1f}",
+        restarts=restarts,
+        resent_after_no_2xx=retried,
+        **answers.line(),
+        jobs_in_expected_state=f"{JOBS - len(wrong)}/{JOBS}",
+        outcomes=dict(sorted(outcomes.items())),
+        used_memory_before=f"{before / mib:.2f}MiB",
+        used_memory_after=f"{after / mib:.2f}MiB",
+        grown=f"{grown / mib:.2f}MiB",
+        bound=f"{bound / mib:.2f}MiB",
+        wall=f"{time.monotonic() - started:.1f}s",
+    )
+    print("key families (keys, with TTL, without):")
+    for family, c in sorted(census.items()):
+        print(f"  {family}: {c['keys']} {c['ttl']} {c['no_ttl']}")
+    print("MEMORY USAGE of one key each:", samples)
+    for delivery_id, where in whereabouts.items():
+        print(f"lost {delivery_id}: {where}")
+
+    assert counts.acknowledged == counts.sent, answers.by_status
+    assert counts.lost == 0, lost[:10]
+    assert counts.duplicated == 0, [i for i, n in applied_ids.items() if n > 1][:10]
+    assert not wrong, wrong[:5]
+    assert drained, "the broker queue did not drain"
+    assert len(restarts) == 1, restarts
+    assert grown <= bound, (grown, bound)
+    assert not unexpected, unexpected
+    assert not not_expiring, not_expiring
+    assert not missing_families, missing_families
+    # per job, not per delivery: the keys without a TTL are bounded by the jobs
+    assert all(no_ttl.get(f, 0) <= JOBS for f in NO_TTL_PER_JOB), no_ttl
+
+
+def _whereabouts(client, system: System, events, deliveries) -> dict[str, dict]:
+    """For each acknowledged delivery the state script never saw: is it on the
+    broker queue, in kombu's unacknowledged hash, parked, and what the logs say."""
+    observed = {e["delivery_id"] for job_events in events.values() for e in job_events}
+    missing = [d for d in deliveries if d.acknowledged and d.delivery_id not in observed]
+    if not missing:
+        return {}
+    queued = "\n".join(client.lrange("webhook_ingest", 0, -1))
+    unacked = "\n".join(client.hvals("unacked"))
+    parked = "\n".join(
+        json.dumps(client.hgetall(keys.dead_letter(letter_id)))
+        for letter_id in client.zrange(keys.DEAD_LETTERS, 0, -1)
+    )
+    logs = {name: system.log(name) for name in system.running}
+    return {
+        d.delivery_id: {
+            "job": d.job_id,
+            "answers": d.answers,
+            "queued": d.delivery_id in queued,
+            "unacked": d.delivery_id in unacked,
+            "parked": d.delivery_id in parked,
+            "claim": client.get(keys.delivery_claim("replicate", d.delivery_id)),
+            "log_lines": [
+                f"{name}: {line[:300]}"
+                for name, log in logs.items()
+                for line in log.splitlines()
+                if d.delivery_id in line
+            ],
+        }
+        for d in missing
+    }
+
+
+def _events(client, job_id: str) -> list[dict]:
+    return [json.loads(raw) for raw in client.lrange(keys.job_events(job_id), 0, -1)]
