@@ -52,6 +52,14 @@ if _redis_broker:
     broker_transport = "workers.kombu_redis:Transport"
     broker_transport_options = {
         "visibility_timeout": VISIBILITY_TIMEOUT,
+        # kombu sweeps `unacked` for messages older than the visibility timeout
+        # only every unacked_restore_interval x unacked_restore_throttle seconds
+        # (10 x 10 by default), so a message a worker had reserved when Redis or
+        # the worker died came back up to ~100 s late, not "after the visibility
+        # timeout" (tests/test_faults_redis.py measured 82 s with a 10 s timeout).
+        # One sweep (a ZRANGE under a SET NX mutex) every 5 s per worker instead.
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
         # Fail fast when Redis is down so the receiver answers 503 in about a second.
         "socket_connect_timeout": 0.5,
         "socket_timeout": 2,
