@@ -52,6 +52,14 @@ if _redis_broker:
     broker_transport = "workers.kombu_redis:Transport"
     broker_transport_options = {
         "visibility_timeout": VISIBILITY_TIMEOUT,
+        # kombu sweeps `unacked` for messages older than the visibility timeout
+        # only every unacked_restore_interval x unacked_restore_throttle seconds
+        # (10 x 10 by default), so a message a worker had reserved when Redis or
+        # the worker died came back up to ~100 s late, not "after the visibility
+        # timeout" (tests/test_faults_redis.py measured 82 s with a 10 s timeout).
+        # One sweep (a ZRANGE under a SET NX mutex) every 5 s per worker instead.
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
         # Fail fast when Redis is down so the receiver answers 503 in about a second.
         "socket_connect_timeout": 0.5,
         "socket_timeout": 2,
@@ -108,13 +116,16 @@ event_queue_expires = 60.0
 # Redis and lets only the holder of a lock run it; a second beat waits as a hot
 # standby and takes over when the lock expires (within redbeat_lock_timeout
 # after the active one dies).
-beat_scheduler = "redbeat.RedBeatScheduler"
+# RedBeat's scheduler that keeps ticking through a Redis outage instead of
+# exiting on the first failed lock extension (workers/beat_scheduler.py).
+beat_scheduler = "workers.beat_scheduler:Scheduler"
 redbeat_redis_url = _settings.redis_url
 redbeat_key_prefix = "webhook_ingest:redbeat"
 beat_max_loop_interval = 5
 redbeat_lock_timeout = 30
-# Short socket timeouts so a Redis outage is noticed, and reconnection attempts
-# for up to five minutes before beat gives up and its supervisor restarts it.
+# Short socket timeouts so a Redis outage is noticed. retry_period covers
+# RedBeat's schedule reads (up to five minutes each); the lock is not covered
+# by it, so workers.beat_scheduler retries failed ticks for as long as it takes.
 redbeat_redis_options = {
     "socket_connect_timeout": 2,
     "socket_timeout": 5,

@@ -6,7 +6,7 @@ import logging
 import time
 
 import redis
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from webhook_ingest.delivery import Delivery
 from webhook_ingest.enqueue import INGEST_TASK
@@ -65,7 +65,17 @@ def ingest_delivery(self, message: dict) -> str:
         # Our own infrastructure: keep trying for as long as it takes.
         log.warning("transient failure, retrying: %s", type(exc).__name__, extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        raise self.retry(countdown=retries.countdown(self.request.retries)) from None
+        try:
+            raise self.retry(countdown=retries.countdown(self.request.retries)) from None
+        except Reject as rejected:
+            # Celery raises Reject(requeue=False) when the retry cannot be
+            # published, which is exactly when Redis (state and broker) is away.
+            # requeue=False removes the message from kombu's `unacked` if Redis is
+            # back by the time the worker rejects it (a short restart): the
+            # acknowledged delivery would be gone. requeue=True puts it back on
+            # the queue instead, or, if Redis is still away, leaves it in
+            # `unacked` for the visibility timeout, as before.
+            raise Reject(rejected.reason, requeue=True) from None
     except Exception as exc:
         # A bug must not lose the delivery: park it for replay after the fix.
         log.exception("unexpected error", extra=context)
