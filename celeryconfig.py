@@ -52,6 +52,15 @@ if _redis_broker:
     broker_transport = "workers.kombu_redis:Transport"
     broker_transport_options = {
         "visibility_timeout": VISIBILITY_TIMEOUT,
+        # A crashed worker's reserved messages come back only when a live worker's
+        # sweep (restore_visible) finds them older than the visibility timeout.
+        # kombu sweeps every `unacked_restore_interval` s but scans Redis only on
+        # every `unacked_restore_throttle`-th sweep (default 10 x 10 s = 100 s), so
+        # with its defaults a SIGKILLed worker's deliveries waited up to ~110 s,
+        # not the visibility timeout (tests/test_faults_worker.py measured it).
+        # The scan is one ZRANGE under a mutex: scan on every sweep, twice per timeout.
+        "unacked_restore_interval": max(1, min(10, VISIBILITY_TIMEOUT // 2)),
+        "unacked_restore_throttle": 1,
         # Fail fast when Redis is down so the receiver answers 503 in about a second.
         "socket_connect_timeout": 0.5,
         "socket_timeout": 2,
