@@ -52,13 +52,15 @@ if _redis_broker:
     broker_transport = "workers.kombu_redis:Transport"
     broker_transport_options = {
         "visibility_timeout": VISIBILITY_TIMEOUT,
-        # kombu sweeps `unacked` for messages older than the visibility timeout
-        # only every unacked_restore_interval x unacked_restore_throttle seconds
-        # (10 x 10 by default), so a message a worker had reserved when Redis or
-        # the worker died came back up to ~100 s late, not "after the visibility
-        # timeout" (tests/test_faults_redis.py measured 82 s with a 10 s timeout).
-        # One sweep (a ZRANGE under a SET NX mutex) every 5 s per worker instead.
-        "unacked_restore_interval": 5,
+        # A crashed worker's (or a lost connection's) reserved messages come back
+        # only when a live worker's sweep finds them in `unacked` older than the
+        # visibility timeout. kombu sweeps every `unacked_restore_interval` s but
+        # scans Redis only on every `unacked_restore_throttle`-th sweep (10 x 10 s
+        # by default), so they came back up to ~110 s late, not after the
+        # visibility timeout (measured: tests/test_faults_worker.py, 93 s+;
+        # test_faults_redis.py, 82 s, with a 10 s timeout). The scan is one ZRANGE
+        # under a mutex: scan on every sweep, at least twice per timeout.
+        "unacked_restore_interval": max(1, min(5, VISIBILITY_TIMEOUT // 2)),
         "unacked_restore_throttle": 1,
         # Fail fast when Redis is down so the receiver answers 503 in about a second.
         "socket_connect_timeout": 0.5,

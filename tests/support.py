@@ -124,11 +124,14 @@ class FakeProviderAPI:
     """A real HTTP server playing a provider's API with the documented shapes.
 
     `respond(path, status, body)` queues answers for a path (the last one repeats);
-    `requests` records what the code under test sent.
+    `requests` records what the code under test sent (with the caller's address,
+    `client`); `hold(method, path, seconds)` makes the next answers to a path wait,
+    so a test can act while a call is in flight.
     """
 
     def __init__(self) -> None:
         self._answers: dict[tuple[str, str], deque] = defaultdict(deque)
+        self._holds: dict[tuple[str, str], deque] = defaultdict(deque)
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         fake = self
@@ -149,8 +152,11 @@ class FakeProviderAPI:
                             "headers": dict(self.headers),
                             "json": parsed,
                             "body": raw,
+                            "client": self.client_address,
                         }
                     )
+                    holds = fake._holds.get((self.command, self.path))
+                    delay = holds.popleft() if holds else 0.0
                     queue = fake._answers.get((self.command, self.path))
                     if not queue:
                         status, body, headers = 404, {"error": "not found"}, {}
@@ -158,6 +164,8 @@ class FakeProviderAPI:
                         status, body, headers = queue.popleft()
                     else:
                         status, body, headers = queue[0]
+                if delay:
+                    time.sleep(delay)
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -197,9 +205,15 @@ class FakeProviderAPI:
                 status, body, *rest = answer
                 queue.append((status, body, rest[0] if rest else {}))
 
+    def hold(self, method: str, path: str, seconds: float, times: int = 1) -> None:
+        """The next `times` answers to `method path` wait `seconds` before they are sent."""
+        with self._lock:
+            self._holds[(method, path)].extend([seconds] * times)
+
     def reset(self) -> None:
         with self._lock:
             self._answers.clear()
+            self._holds.clear()
             self.requests.clear()
 
     def calls(self, method: str, path: str) -> int:
