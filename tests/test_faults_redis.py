@@ -237,7 +237,6 @@ def test_redis_killed_mid_stream_loses_nothing_acknowledged(monkeypatch, fsync):
         signal_pool(system, signal.SIGCONT)
         time.sleep(DOWN)
         beat_mark = len(system.log("beat"))
-        worker_mark = len(system.log("worker"))
         up_at, up_wall = time.monotonic(), time.time()
         store.start()
         reserved = reserved_deliveries(store)
@@ -256,7 +255,8 @@ def test_redis_killed_mid_stream_loses_nothing_acknowledged(monkeypatch, fsync):
             message=f"beat to tick again after the restart ({system.logs})",
         )
         beat_after = first_tick_at(system.log("beat")[beat_mark:]) - up_wall
-        worker_log = system.log("worker")[worker_mark:]
+        # the one worker started above, never restarted, applied what came after
+        worker_alive = system.running["worker"].poll() is None
         states = Ledger(store).states(sorted({d.job_id for d in deliveries}))
     finally:
         system.stop_all()
@@ -286,7 +286,10 @@ def test_redis_killed_mid_stream_loses_nothing_acknowledged(monkeypatch, fsync):
     assert reserved, "the kill found no reserved messages (the pool was paused)"
     assert reserved_applied == len(reserved)
     assert timeline.first_ack_after(up_at) is not None
-    assert "Connection to broker lost" in worker_log or "Cannot connect" in worker_log
+    # Healed by itself: the same worker process applied everything sent after the
+    # restart. (It does not always log the loss: a consumer idle between BRPOPs may
+    # find the new server on its next call, so the log is not the evidence.)
+    assert worker_alive, f"the worker exited ({system.logs})"
     assert counts.acknowledged == counts.sent
     assert counts.lost == 0 and counts.duplicated == 0
     assert applied_after < APPLIED_BOUND
