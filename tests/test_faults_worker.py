@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 import uuid
 
@@ -217,6 +219,15 @@ def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(store,
             if hint:
                 break
             time.sleep(0.005)
+        # Freeze the pool so a message it was handed cannot be acknowledged between
+        # the look above and the kill (seen in CI: the hint's message acked in that
+        # gap, and the kill found nothing held); the main process keeps reserving.
+        for pid in system.children("worker"):
+            os.kill(pid, signal.SIGSTOP)
+        if broker == "redis":
+            wait_for(lambda: reserved_on_redis(store), timeout=5, message="a reserved message")
+        else:
+            time.sleep(0.5)
         acked_before = [d.job_id for d in deliveries if d.acknowledged]
         killed_at = time.time()
         system.kill("worker")
