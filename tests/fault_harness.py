@@ -388,20 +388,27 @@ class Ledger:
         client.close()
         return dict(zip(job_ids, values, strict=True))
 
-    def applications(self, job_ids: list[str]) -> Counter:
-        """How many times each delivery id changed its job's state (outcome 'applied')."""
+    def events(self, job_ids: list[str]) -> dict[str, list[dict]]:
+        """Each job's `job_events`: every observation with its delivery id and outcome."""
         client = self.store.client()
         pipe = client.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.lrange(keys.job_events(job_id), 0, -1)
-        counts: Counter = Counter()
-        for events in pipe.execute():
-            for raw in events:
-                event = json.loads(raw)
-                if event.get("outcome") == "applied" and event.get("delivery_id"):
-                    counts[event["delivery_id"]] += 1
+        lists = pipe.execute()
         client.close()
-        return counts
+        return {
+            job_id: [json.loads(raw) for raw in raw_events]
+            for job_id, raw_events in zip(job_ids, lists, strict=True)
+        }
+
+    def applications(self, job_ids: list[str]) -> Counter:
+        """How many times each delivery id changed its job's state (outcome 'applied')."""
+        return Counter(
+            event["delivery_id"]
+            for job_events in self.events(job_ids).values()
+            for event in job_events
+            if event.get("outcome") == "applied" and event.get("delivery_id")
+        )
 
     def wait_applied(
         self, deliveries: list[Delivery], status: str = "completed", timeout: float = 120
@@ -451,6 +458,35 @@ def count(
         lost=len(acknowledged) - len(applied),
         duplicated=sum(1 for n in applications.values() if n > 1),
     )
+
+
+def tally(
+    deliveries: list[Delivery], events: dict[str, list[dict]]
+) -> tuple[Counts, Counter, list[str], list[str]]:
+    """Counts for streams of many deliveries per job, from `Ledger.events`: applied =
+    delivery ids that changed their job's state; lost = acknowledged delivery ids the
+    state script never observed; duplicated = ids applied more than once. Also the
+    observations by outcome, the lost ids and the ids applied more than once."""
+    outcomes: Counter = Counter()
+    applied_ids: Counter = Counter()
+    observed: set[str] = set()
+    for job_events in events.values():
+        for event in job_events:
+            outcomes[event["outcome"]] += 1
+            observed.add(event["delivery_id"])
+            if event["outcome"] == "applied":
+                applied_ids[event["delivery_id"]] += 1
+    acknowledged = [d for d in deliveries if d.acknowledged]
+    lost = [d.delivery_id for d in acknowledged if d.delivery_id not in observed]
+    duplicated = [delivery_id for delivery_id, n in applied_ids.items() if n > 1]
+    counts = Counts(
+        sent=len(deliveries),
+        acknowledged=len(acknowledged),
+        applied=len(applied_ids),
+        lost=len(lost),
+        duplicated=len(duplicated),
+    )
+    return counts, outcomes, lost, duplicated
 
 
 def report(name: str, counts: Counts, **extra) -> str:

@@ -29,15 +29,13 @@ provider would); both are counted. The random generator is seeded (printed;
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
-from collections import Counter
 
 import pytest
 
-from tests.fault_harness import Counts, FaultRedis, Ledger, System, new_jobs, register_jobs, report
+from tests.fault_harness import FaultRedis, Ledger, System, new_jobs, register_jobs, report, tally
 from tests.fault_sequences import (
     Answers,
     Broadcasts,
@@ -47,7 +45,6 @@ from tests.fault_sequences import (
     wait_queue_empty,
     with_duplicates,
 )
-from webhook_ingest import keys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -86,7 +83,7 @@ def test_shuffled_and_repeated_deliveries_end_in_the_terminal_state_broadcast_on
         broadcasts.settle()
         ledger = Ledger(store)
         states = ledger.states(list(plans))
-        events = {job_id: _events(client, job_id) for job_id in plans}
+        events = ledger.events(list(plans))
         client.close()
     finally:
         if broadcasts:
@@ -95,24 +92,7 @@ def test_shuffled_and_repeated_deliveries_end_in_the_terminal_state_broadcast_on
         store.cleanup()
 
     # -- what each delivery became ------------------------------------------------
-    outcomes: Counter = Counter()
-    applied_ids: Counter = Counter()
-    observed: set[str] = set()
-    for job_events in events.values():
-        for event in job_events:
-            outcomes[event["outcome"]] += 1
-            observed.add(event["delivery_id"])
-            if event["outcome"] == "applied":
-                applied_ids[event["delivery_id"]] += 1
-    acknowledged = [d for d in deliveries if d.acknowledged]
-    lost = [d.delivery_id for d in acknowledged if d.delivery_id not in observed]
-    counts = Counts(
-        sent=len(deliveries),
-        acknowledged=len(acknowledged),
-        applied=len(applied_ids),
-        lost=len(lost),
-        duplicated=sum(1 for n in applied_ids.values() if n > 1),
-    )
+    counts, outcomes, lost, duplicated = tally(deliveries, events)
 
     # -- the broadcasts -----------------------------------------------------------
     wrong_final, regressions, after_terminal, over_broadcast, channel_mismatch = [], [], [], [], []
@@ -153,7 +133,7 @@ def test_shuffled_and_repeated_deliveries_end_in_the_terminal_state_broadcast_on
     )
     assert counts.acknowledged == counts.sent, answers.by_status
     assert counts.lost == 0, lost[:10]
-    assert counts.duplicated == 0, [i for i, n in applied_ids.items() if n > 1][:10]
+    assert counts.duplicated == 0, duplicated[:10]
     assert not wrong_final, wrong_final[:5]
     assert not regressions, regressions[:5]
     assert not after_terminal, after_terminal[:5]
@@ -164,7 +144,3 @@ def test_shuffled_and_repeated_deliveries_end_in_the_terminal_state_broadcast_on
     assert answered["duplicate_200"] + answered["in_flight_409"] == (
         len(sends) + retried - len(deliveries)
     ), answers.by_status
-
-
-def _events(client, job_id: str) -> list[dict]:
-    return [json.loads(raw) for raw in client.lrange(keys.job_events(job_id), 0, -1)]

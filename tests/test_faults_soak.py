@@ -67,11 +67,10 @@ import random
 import signal
 import threading
 import time
-from collections import Counter
 
 import pytest
 
-from tests.fault_harness import Counts, FaultRedis, Ledger, System, new_jobs, register_jobs, report
+from tests.fault_harness import FaultRedis, Ledger, System, new_jobs, register_jobs, report, tally
 from tests.fault_sequences import (
     Answers,
     family_of,
@@ -190,8 +189,9 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(signal_name):
         drained = wait_queue_empty(client, timeout=150)
         ledger = Ledger(store)
         states = ledger.states(list(plans))
-        events = {job_id: _events(client, job_id) for job_id in plans}
-        whereabouts = _whereabouts(client, system, events, deliveries)
+        events = ledger.events(list(plans))
+        counts, outcomes, lost, duplicated = tally(deliveries, events)
+        whereabouts = _whereabouts(client, system, lost, deliveries)
         after = client.info("memory")["used_memory"]
         census = key_census(client)
         samples = {
@@ -211,24 +211,6 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(signal_name):
         system.stop_all()
         store.cleanup()
 
-    outcomes: Counter = Counter()
-    applied_ids: Counter = Counter()
-    observed: set[str] = set()
-    for job_events in events.values():
-        for event in job_events:
-            outcomes[event["outcome"]] += 1
-            observed.add(event["delivery_id"])
-            if event["outcome"] == "applied":
-                applied_ids[event["delivery_id"]] += 1
-    acknowledged = [d for d in deliveries if d.acknowledged]
-    lost = [d.delivery_id for d in acknowledged if d.delivery_id not in observed]
-    counts = Counts(
-        sent=len(deliveries),
-        acknowledged=len(acknowledged),
-        applied=len(applied_ids),
-        lost=len(lost),
-        duplicated=sum(1 for n in applied_ids.values() if n > 1),
-    )
     wrong = [
         (job_id, plan.terminal, {k: states[job_id].get(k) for k in plan.expected})
         for job_id, plan in plans.items()
@@ -273,7 +255,7 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(signal_name):
 
     assert counts.acknowledged == counts.sent, answers.by_status
     assert counts.lost == 0, lost[:10]
-    assert counts.duplicated == 0, [i for i, n in applied_ids.items() if n > 1][:10]
+    assert counts.duplicated == 0, duplicated[:10]
     assert not wrong, wrong[:5]
     assert drained, "the broker queue did not drain"
     assert len(restarts) == 1, restarts
@@ -285,11 +267,12 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(signal_name):
     assert all(no_ttl.get(f, 0) <= JOBS for f in NO_TTL_PER_JOB), no_ttl
 
 
-def _whereabouts(client, system: System, events, deliveries) -> dict[str, dict]:
-    """For each acknowledged delivery the state script never saw: is it on the
-    broker queue, in kombu's unacknowledged hash, parked, and what the logs say."""
-    observed = {e["delivery_id"] for job_events in events.values() for e in job_events}
-    missing = [d for d in deliveries if d.acknowledged and d.delivery_id not in observed]
+def _whereabouts(client, system: System, lost: list[str], deliveries) -> dict[str, dict]:
+    """For each acknowledged delivery the state script never saw (`tally`'s lost ids):
+    is it on the broker queue, in kombu's unacknowledged hash, parked, and what the
+    logs say."""
+    lost_ids = set(lost)
+    missing = [d for d in deliveries if d.delivery_id in lost_ids]
     if not missing:
         return {}
     queued = "\n".join(client.lrange("webhook_ingest", 0, -1))
@@ -316,7 +299,3 @@ def _whereabouts(client, system: System, events, deliveries) -> dict[str, dict]:
         }
         for d in missing
     }
-
-
-def _events(client, job_id: str) -> list[dict]:
-    return [json.loads(raw) for raw in client.lrange(keys.job_events(job_id), 0, -1)]
