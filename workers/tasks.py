@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import NoReturn
 
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
@@ -51,31 +52,21 @@ def ingest_delivery(self, message: dict) -> str:
             return _park(delivery, "unmatched", exc, self.request.retries + 1)
         log.info("job not registered yet, retrying", extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        raise self.retry(countdown=retries.countdown(self.request.retries)) from None
+        _retry(self, retries.countdown(self.request.retries))
     except ProviderUnavailable as exc:
         if self.request.retries + 1 >= retries.PROVIDER_MAX_ATTEMPTS:
             return _park(delivery, "provider_unavailable", exc, self.request.retries + 1)
         log.warning("provider unavailable, retrying: %s", exc, extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
         wait = retries.countdown(self.request.retries, exc.retry_after)
-        raise self.retry(countdown=wait) from None
+        _retry(self, wait)
     except (PayloadError, JobMismatch, ProviderError) as exc:
         return _park(delivery, type(exc).__name__, exc, self.request.retries + 1)
     except (redis.RedisError, SoftTimeLimitExceeded) as exc:
         # Our own infrastructure: keep trying for as long as it takes.
         log.warning("transient failure, retrying: %s", type(exc).__name__, extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        try:
-            raise self.retry(countdown=retries.countdown(self.request.retries)) from None
-        except Reject as rejected:
-            # Celery raises Reject(requeue=False) when the retry cannot be
-            # published, which is exactly when Redis (state and broker) is away.
-            # requeue=False removes the message from kombu's `unacked` if Redis is
-            # back by the time the worker rejects it (a short restart): the
-            # acknowledged delivery would be gone. requeue=True puts it back on
-            # the queue instead, or, if Redis is still away, leaves it in
-            # `unacked` for the visibility timeout, as before.
-            raise Reject(rejected.reason, requeue=True) from None
+        _retry(self, retries.countdown(self.request.retries))
     except Exception as exc:
         # A bug must not lose the delivery: park it for replay after the fix.
         log.exception("unexpected error", extra=context)
@@ -92,6 +83,22 @@ def ingest_delivery(self, message: dict) -> str:
         context["status"] = result.applied.broadcast.get("status")
     log.info("delivery %s", outcome, extra=context)
     return outcome
+
+
+def _retry(task, countdown: float) -> NoReturn:
+    """Retry an acknowledged delivery without ever dropping it.
+
+    Celery raises Reject(requeue=False) when the retry cannot be published, e.g.
+    while the broker's Redis is away. requeue=False removes the message from
+    kombu's `unacked` if Redis is back by the time the worker rejects it (a short
+    restart): the acknowledged delivery would be gone. requeue=True puts it back
+    on the queue instead, or, if Redis is still away, leaves it in `unacked` for
+    the visibility timeout (tests/test_faults_redis.py).
+    """
+    try:
+        raise task.retry(countdown=countdown) from None
+    except Reject as rejected:
+        raise Reject(rejected.reason, requeue=True) from None
 
 
 def _park(delivery: Delivery, reason: str, error: Exception, attempts: int) -> str:
