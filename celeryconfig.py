@@ -36,7 +36,7 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 
 # A task must finish (or be killed and requeued) well inside the visibility
 # timeout, or the Redis broker redelivers it while it still runs. Provider HTTP
-# calls are bounded to ~30 s (webhook_ingest.provider_http).
+# calls are bounded to ~30 s (webhook_ingest.providers.http).
 VISIBILITY_TIMEOUT = _settings.broker_visibility_timeout_seconds
 task_time_limit = int(VISIBILITY_TIMEOUT * 0.5)
 task_soft_time_limit = task_time_limit - 5

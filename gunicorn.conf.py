@@ -8,7 +8,7 @@ import os
 
 from gunicorn.glogging import Logger
 
-from webhook_ingest import json_logs, metrics_dir
+from webhook_ingest.observability import json_logs, multiprocess_dir
 
 
 def _int_env(name: str, default: int) -> int:
@@ -50,7 +50,7 @@ limit_request_field_size = 8190
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") == "1" else None
 errorlog = "-"
 # gunicorn's own lines in the service's format (JSON by default), with request
-# text that may carry a URL or bearer token withheld (webhook_ingest.json_logs).
+# text that may carry a URL or bearer token withheld (webhook_ingest.observability.json_logs).
 logconfig_dict = json_logs.gunicorn_logconfig(access=accesslog is not None)
 
 
@@ -85,15 +85,15 @@ control_socket_disable = True
 
 
 # Prometheus: every worker process counts into files in one directory, which
-# /metrics sums (webhook_ingest.metrics_endpoint). Prepared here, in the master,
+# /metrics sums (webhook_ingest.web.metrics_endpoint). Prepared here, in the master,
 # before any worker imports prometheus_client; emptied at each start (not on a
 # HUP reload, whose new workers keep counting into the same files).
 def on_starting(server):
-    server.metrics_dir = metrics_dir.prepare("web")
+    server.metrics_dir = multiprocess_dir.prepare("web")
 
 
 def on_exit(server):
-    metrics_dir.remove_if_private(getattr(server, "metrics_dir", ""))
+    multiprocess_dir.remove_if_private(getattr(server, "metrics_dir", ""))
 
 
 def child_exit(server, worker):

@@ -190,7 +190,7 @@ class BulkRegistrar:
     """
 
     def __init__(self, client: redis.Redis, services) -> None:
-        from webhook_ingest.jobs import JobRegistry
+        from webhook_ingest.state.job_registry import JobRegistry
 
         self._client = client
         self._registry = JobRegistry(client)
@@ -198,7 +198,7 @@ class BulkRegistrar:
         self.pipelined = self._script is not None and self._same_as_register()
 
     def _args(self, job_id: str, external_id: str, now: int):
-        from webhook_ingest import keys
+        from webhook_ingest.state import keys
 
         return {
             "keys": [
@@ -211,8 +211,8 @@ class BulkRegistrar:
         }
 
     def _same_as_register(self) -> bool:
-        from webhook_ingest import keys
-        from webhook_ingest.job_update import now_ms
+        from webhook_ingest.state import keys
+        from webhook_ingest.state.job_update import now_ms
 
         tag = uuid.uuid4().hex[:8]
         a, b = f"bench-check-a-{tag}", f"bench-check-b-{tag}"
@@ -234,7 +234,7 @@ class BulkRegistrar:
         return same
 
     def _snapshot(self, job_id: str):
-        from webhook_ingest import keys
+        from webhook_ingest.state import keys
 
         mapping = self._client.hgetall(keys.job_mapping(job_id))
         return (
@@ -247,10 +247,10 @@ class BulkRegistrar:
 
     def register(self, jobs: list[tuple[str, str]], now: int | None = None) -> None:
         """(job id, external id) pairs, registered as of `now` (ms; default: now)."""
-        from webhook_ingest.job_update import now_ms
+        from webhook_ingest.state.job_update import now_ms
 
         if not self.pipelined:
-            from webhook_ingest import keys
+            from webhook_ingest.state import keys
 
             for job_id, external_id in jobs:
                 self._registry.register(job_id, PROVIDER, external_id)

@@ -25,7 +25,7 @@ def _serve(redis_url: str, conn) -> None:
 
     client = redis.Redis.from_url(redis_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    from webhook_ingest.keys import UPDATES_CHANNEL
+    from webhook_ingest.state.keys import UPDATES_CHANNEL
 
     pubsub.subscribe(UPDATES_CHANNEL, PROBE_CHANNEL)
     while not pubsub.subscribed:

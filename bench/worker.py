@@ -21,7 +21,7 @@ DELIVERIES = 3000
 
 def deliveries(tag: str, count: int, signer):
     """Job registrations and the deliveries a receiver would have enqueued for them."""
-    from webhook_ingest.delivery import Delivery
+    from webhook_ingest.handoff.delivery import Delivery
 
     jobs = [(f"job-{tag}-{n}", f"pred-{tag}-{n}") for n in range(count)]
     items = [(f"msg_{tag}-{n}", prediction_body(external)) for n, (_, external) in enumerate(jobs)]
@@ -41,7 +41,7 @@ def worker_args() -> list[str]:
 
 
 def measure(bench, run: int) -> dict:
-    from webhook_ingest.enqueue import enqueue
+    from webhook_ingest.handoff.publish import enqueue
     from workers.celery_app import app as celery_app
 
     if bench.worker_name:  # the previous run's worker: this run starts its own

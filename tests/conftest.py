@@ -79,7 +79,7 @@ def services(redis_client, fake_api):
 
 @pytest.fixture
 def app(services):
-    from webhook_ingest.app import create_app
+    from webhook_ingest.web.app import create_app
 
     flask_app = create_app(services)
     flask_app.testing = True

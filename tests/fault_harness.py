@@ -32,7 +32,7 @@ import requests
 
 from tests.conftest import ADMIN_TOKEN, REPLICATE_SECRET
 from tests.support import PrivateRedis, body_of, free_port, signed_headers, wait_for
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -260,7 +260,7 @@ def new_jobs(count: int, tag: str) -> list[tuple[str, str]]:
 def register_jobs(store: FaultRedis, jobs: list[tuple[str, str]]) -> None:
     """The job mapping a connector records at submission, with the product's registry
     (the same script `POST /jobs` runs), one call per job."""
-    from webhook_ingest.jobs import JobRegistry
+    from webhook_ingest.state.job_registry import JobRegistry
 
     client = store.client()
     registry = JobRegistry(client)

@@ -20,7 +20,7 @@ import redis
 import requests
 
 from tests.fault_harness import Delivery, FaultRedis, System, prediction
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 TERMINALS = ("succeeded", "failed", "canceled")
 

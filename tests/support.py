@@ -23,7 +23,7 @@ import redis
 from celery import Celery
 from standardwebhooks import Webhook
 
-from webhook_ingest.keys import job_state
+from webhook_ingest.state.keys import job_state
 
 
 def signed_headers(
@@ -278,7 +278,7 @@ def celery_for(broker_url: str) -> Celery:
     if not broker_url.startswith(("redis://", "rediss://")):
         # celeryconfig chose its Redis transport for the environment's redis:// broker
         celery_app.conf.broker_transport = None
-    from webhook_ingest.redis_enqueue import broker_url as url_of
+    from webhook_ingest.handoff.single_script import broker_url as url_of
 
     assert url_of(celery_app) == broker_url
     return celery_app
@@ -286,7 +286,7 @@ def celery_for(broker_url: str) -> Celery:
 
 def client_for(services, celery_app):
     """A Flask test client for the receiver built on `services` and `celery_app`."""
-    from webhook_ingest.app import create_app
+    from webhook_ingest.web.app import create_app
 
     app = create_app(services, celery_app)
     app.testing = True

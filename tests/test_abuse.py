@@ -36,8 +36,8 @@ from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
 from tests.support import PrivateRedis, celery_for, free_port, wait_for
-from webhook_ingest.app import create_app
 from webhook_ingest.services import build_services
+from webhook_ingest.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -945,7 +945,7 @@ def test_a_malformed_chunked_body_is_4xx_not_500_through_gunicorn(gunicorn, chun
 @pytest.mark.e2e
 def test_a_malformed_request_carrying_a_token_does_not_put_it_in_the_gunicorn_log(gunicorn):
     """gunicorn echoes a malformed request line or header verbatim; the filter in
-    gunicorn.conf.py (webhook_ingest.json_logs) keeps who and why, not the text."""
+    gunicorn.conf.py (webhook_ingest.observability.json_logs) keeps who and why, not the text."""
     server, _ = gunicorn
     start = len(server.logged())
     malformed = [

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from tests.support import PrivateRedis, celery_for, wait_for
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 pytestmark = pytest.mark.e2e
 

@@ -21,11 +21,11 @@ from celery.signals import task_retry
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
 from tests.support import body_of, signed_headers, wait_for
-from webhook_ingest import keys
-from webhook_ingest.enqueue import INGEST_TASK
-from webhook_ingest.provider_http import ProviderError, ProviderNotFound, ProviderUnavailable
+from webhook_ingest.handoff.publish import INGEST_TASK
 from webhook_ingest.providers import JobRef, JobRequest, WebhookCapableConnector, load_providers
+from webhook_ingest.providers.http import ProviderError, ProviderNotFound, ProviderUnavailable
 from webhook_ingest.services import build_services
+from webhook_ingest.state import keys
 from webhook_ingest.submission import JobConflict, submit_job
 
 HOOKS = "https://hooks.example.com"

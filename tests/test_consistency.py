@@ -29,12 +29,11 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import REPLICATE_SECRET
 from tests.support import Subscriber, body_of, signed_headers, wait_for
-from webhook_ingest import keys
 from webhook_ingest.config import ConfigError, load_settings
-from webhook_ingest.consistency import ConsistencyCheck
-from webhook_ingest.job_update import JobStateUpdate, now_ms
+from webhook_ingest.operations.consistency import ConsistencyCheck
 from webhook_ingest.services import build_services
-from webhook_ingest.state import StateStore
+from webhook_ingest.state.job_update import JobStateUpdate, now_ms
+from webhook_ingest.state.store import StateStore, keys
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -184,7 +183,7 @@ def test_a_provider_that_says_otherwise_is_counted_and_logged_and_nothing_change
     )
     api.respond("GET", prediction_path(prediction_id), (200, {"id": prediction_id, **answer}))
     before, untouched = counted(), snapshot(redis_client, job_id)
-    caplog.set_level(logging.INFO, logger="webhook_ingest.consistency")
+    caplog.set_level(logging.INFO, logger="webhook_ingest.operations.consistency")
     broadcasts = Subscriber(redis_client, keys.progress_channel(job_id))
 
     try:
@@ -216,7 +215,7 @@ def test_a_provider_that_cannot_say_is_counted_unavailable(
     )
     api.respond("GET", prediction_path(prediction_id), answer)
     before, untouched = counted(), snapshot(redis_client, job_id)
-    caplog.set_level(logging.INFO, logger="webhook_ingest.consistency")
+    caplog.set_level(logging.INFO, logger="webhook_ingest.operations.consistency")
 
     summary = check.run(now_ms=finished + SETTLED)
 
@@ -230,7 +229,7 @@ def test_each_run_logs_one_summary_line(check, services, api, caplog):
     now = now_ms()
     for _ in range(3):
         answer_succeeded(api, services, finish_at(services, "replicate", now - 5 * MINUTE))
-    caplog.set_level(logging.INFO, logger="webhook_ingest.consistency")
+    caplog.set_level(logging.INFO, logger="webhook_ingest.operations.consistency")
 
     check.run(now_ms=now)
 

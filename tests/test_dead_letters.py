@@ -22,12 +22,12 @@ from click.testing import CliRunner
 
 from tests.conftest import ADMIN_TOKEN, REPLICATE_SECRET
 from tests.support import body_of, celery_for, free_port, signed_headers, wait_for
-from webhook_ingest import keys
-from webhook_ingest.cli import main
-from webhook_ingest.dead_letters import WALK_CHUNK, UnknownDeadLetter
-from webhook_ingest.delivery import Delivery
-from webhook_ingest.enqueue import INGEST_TASK, EnqueueFailed
-from webhook_ingest.redis_enqueue import broker_url
+from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.publish import INGEST_TASK, EnqueueFailed
+from webhook_ingest.handoff.single_script import broker_url
+from webhook_ingest.operations.cli import main
+from webhook_ingest.operations.dead_letters import WALK_CHUNK, UnknownDeadLetter
+from webhook_ingest.state import keys
 
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 

@@ -36,18 +36,18 @@ from hypothesis import strategies as st
 
 from tests.conftest import ADMIN_TOKEN
 from tests.support import PrivateRedis, celery_for, signed_headers, wait_for
-from webhook_ingest import keys
-from webhook_ingest.app import create_app
 from webhook_ingest.config import ConfigError, load_settings
-from webhook_ingest.delivery import Delivery
+from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.ingest import IngestOutcome, ingest
-from webhook_ingest.job_update import validated
-from webhook_ingest.jobs import JobNotFound
-from webhook_ingest.orphans import OrphanPoller, PollOutcome
-from webhook_ingest.provider_http import ProviderError, ProviderNotFound
+from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError, load_providers
 from webhook_ingest.providers.declarative import DeclarativeProvider
+from webhook_ingest.providers.http import ProviderError, ProviderNotFound
 from webhook_ingest.services import build_services
+from webhook_ingest.state import keys
+from webhook_ingest.state.job_registry import JobNotFound
+from webhook_ingest.state.job_update import validated
+from webhook_ingest.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

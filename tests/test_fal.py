@@ -27,15 +27,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import client_for, free_port, wait_for
-from webhook_ingest import keys
 from webhook_ingest.config import ConfigError
-from webhook_ingest.delivery import Delivery
+from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.ingest import ingest
-from webhook_ingest.job_update import SOURCE_WEBHOOK
-from webhook_ingest.provider_http import ProviderError, ProviderNotFound
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError
 from webhook_ingest.providers.fal import FAL_JWKS_URL
+from webhook_ingest.providers.http import ProviderError, ProviderNotFound
 from webhook_ingest.services import build_services
+from webhook_ingest.state import keys
+from webhook_ingest.state.job_update import SOURCE_WEBHOOK
 from webhook_ingest.submission import submit_job
 from webhook_ingest.verification import (
     Ed25519JwksVerifier,

@@ -10,7 +10,7 @@ Bounds, from the settings:
 
 - Polls per job in the 60 s window: one beat holds the RedBeat lock and sends
   `poll_orphans` every interval; each tick takes the stale jobs and moves them
-  one interval ahead atomically (webhook_ingest.orphans), so a job is polled
+  one interval ahead atomically (webhook_ingest.operations.orphan_poller), so a job is polled
   once per tick: 60 / 5 = 12, ± 2 for the window's edges and for a tick the
   worker runs a little early or late. Two polls of one job closer than half an
   interval would be a double poll (the spread of one tick's polls is

@@ -2,7 +2,7 @@
 
 Redis is both the state store and the broker here, as `make run` sets it up
 (System(store) gives REDIS_URL == CELERY_BROKER_URL), so the receiver takes
-the one-script path (webhook_ingest.redis_enqueue): claim and LPUSH in one
+the one-script path (webhook_ingest.handoff.single_script): claim and LPUSH in one
 atomic call. Every test states sent / acknowledged / applied / lost /
 duplicated and checks lost == duplicated == 0 after the providers' retries.
 

@@ -80,7 +80,7 @@ from tests.fault_sequences import (
     send_all,
     wait_queue_empty,
 )
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

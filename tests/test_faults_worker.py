@@ -45,7 +45,7 @@ from tests.fault_harness import (
     report,
 )
 from tests.support import body_of, signed_headers, wait_for
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -323,7 +323,7 @@ def test_a_pool_child_killed_mid_task_is_requeued_at_once_and_applied_once(store
         assert len(children) == 2, children
         assert all(psutil.Process(p).cmdline() == main.cmdline() for p in children)
 
-        from webhook_ingest.jobs import JobRegistry
+        from webhook_ingest.state.job_registry import JobRegistry
 
         client = store.client()
         JobRegistry(client).register(job_id, "openai", response_id)

@@ -30,11 +30,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, hmac_data
 
-from webhook_ingest import provider_http
 from webhook_ingest.config import load_settings
 from webhook_ingest.ingest import parse_payload
-from webhook_ingest.job_update import JobStateUpdate, validated
-from webhook_ingest.providers import JobRef, PayloadError
+from webhook_ingest.providers import JobRef, PayloadError, http
 from webhook_ingest.providers.declarative import DeclarativeProvider, parse_specs, read_document
 from webhook_ingest.providers.fal import FalProvider
 from webhook_ingest.providers.openai import (
@@ -44,6 +42,7 @@ from webhook_ingest.providers.openai import (
 )
 from webhook_ingest.providers.replicate import ReplicateProvider, update_from_prediction
 from webhook_ingest.providers.runpod import RunPodProvider, update_from_status
+from webhook_ingest.state.job_update import JobStateUpdate, validated
 from webhook_ingest.verification import (
     AllOf,
     Ed25519JwksVerifier,
@@ -544,7 +543,7 @@ def test_openai_events_that_need_no_fetch_normalize_or_raise_payload_error(event
     event=openai_response_events,
     fetched=st.one_of(
         openai_responses,
-        st.just(provider_http.ProviderNotFound("gone")),
+        st.just(http.ProviderNotFound("gone")),
     ),
 )
 def test_openai_response_events_normalize_whatever_the_fetch_returns(event, fetched):

@@ -22,12 +22,12 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import REPLICATE_SECRET
 from tests.support import body_of, signed_headers, wait_for
-from webhook_ingest import keys
-from webhook_ingest.cli import main
-from webhook_ingest.delivery import Delivery
-from webhook_ingest.enqueue import enqueue
-from webhook_ingest.job_update import JobStateUpdate
-from webhook_ingest.orphans import OrphanPoller, PollOutcome
+from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.publish import enqueue
+from webhook_ingest.operations.cli import main
+from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
+from webhook_ingest.state import keys
+from webhook_ingest.state.job_update import JobStateUpdate
 
 EVENTS_KEPT = 20
 EVENTS_SHOWN = 10

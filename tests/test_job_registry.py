@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from webhook_ingest import keys
-from webhook_ingest.jobs import JobMismatch, JobNotFound, Registration
 from webhook_ingest.providers import JobRef
+from webhook_ingest.state import keys
+from webhook_ingest.state.job_registry import JobMismatch, JobNotFound, Registration
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPLICATE_SECRET
 from tests.support import body_of, client_for, signed_headers, wait_for
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 
 def value(name: str, **labels: str) -> float:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from webhook_ingest.config import load_settings
-from webhook_ingest.job_update import COMPLETED, FAILED, PROCESSING
-from webhook_ingest.provider_http import ProviderUnavailable
 from webhook_ingest.providers import JobRef, PayloadError
+from webhook_ingest.providers.http import ProviderUnavailable
 from webhook_ingest.providers.replicate import ReplicateProvider, progress_from_logs
+from webhook_ingest.state.job_update import COMPLETED, FAILED, PROCESSING
 
 
 def tqdm(percent: int, total: int = 50) -> str:

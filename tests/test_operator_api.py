@@ -14,10 +14,10 @@ import time
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
-from webhook_ingest import keys
-from webhook_ingest.app import create_app
-from webhook_ingest.job_update import JobStateUpdate
 from webhook_ingest.services import build_services
+from webhook_ingest.state import keys
+from webhook_ingest.state.job_update import JobStateUpdate
+from webhook_ingest.web.app import create_app
 
 
 def register(client, headers, **job):

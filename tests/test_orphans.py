@@ -22,11 +22,11 @@ import redis
 
 from tests.conftest import OPENAI_SECRET
 from tests.support import PrivateRedis, body_of, signed_headers, wait_for
-from webhook_ingest import keys
-from webhook_ingest.job_update import COMPLETED, SOURCE_WEBHOOK, JobStateUpdate
-from webhook_ingest.orphans import OrphanPoller, PollOutcome
+from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
 from webhook_ingest.providers import PROVIDER_CLASSES
 from webhook_ingest.services import Services, build_services
+from webhook_ingest.state import keys
+from webhook_ingest.state.job_update import COMPLETED, SOURCE_WEBHOOK, JobStateUpdate
 
 AFTER_S, INTERVAL_S, GRACE_S = 300, 60, 600
 AFTER, INTERVAL, GRACE = AFTER_S * 1000, INTERVAL_S * 1000, GRACE_S * 1000
@@ -663,7 +663,7 @@ def test_a_tick_costs_the_same_with_1k_or_100k_tracked_jobs(make_poller, private
 
 
 def test_a_job_finished_by_a_webhook_forgets_its_failed_polls(services, redis_client, job_id):
-    from webhook_ingest.job_update import JobStateUpdate
+    from webhook_ingest.state.job_update import JobStateUpdate
 
     services.jobs.register(job_id, "replicate", "pred-flaky")
     redis_client.hset(keys.POLL_FAILURES, mapping={job_id: 3, f"{job_id}:first_404": 1})

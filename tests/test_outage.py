@@ -21,9 +21,9 @@ import redis
 
 from tests.conftest import REPLICATE_SECRET
 from tests.support import PrivateRedis, body_of, celery_for, signed_headers
-from webhook_ingest import keys
-from webhook_ingest.app import create_app
 from webhook_ingest.services import build_services
+from webhook_ingest.state import keys
+from webhook_ingest.web.app import create_app
 
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 # The design answers within about a second (bounded connect timeouts and publish

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
 from tests.support import Subscriber, body_of, signed_headers, wait_for
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 
 def deliver(client, job_id, prediction, msg_id=None):
@@ -158,8 +158,8 @@ def test_duplicate_delivery_applied_once_and_broadcast_once(
 
 def test_redelivered_task_is_applied_once(services, celery_app, worker, redis_client, job_id):
     """A worker crash redelivers a task the broker already gave out: apply() absorbs it."""
-    from webhook_ingest.delivery import Delivery
-    from webhook_ingest.enqueue import enqueue
+    from webhook_ingest.handoff.delivery import Delivery
+    from webhook_ingest.handoff.publish import enqueue
 
     services.jobs.register(job_id, "replicate", "pred-redo")
     delivery = Delivery(

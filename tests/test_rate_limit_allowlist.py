@@ -26,10 +26,10 @@ import redis
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
 from tests.support import PrivateRedis, celery_for, signed_headers
-from webhook_ingest import keys
-from webhook_ingest.app import create_app
 from webhook_ingest.config import ConfigError
 from webhook_ingest.services import build_services
+from webhook_ingest.state import keys
+from webhook_ingest.web.app import create_app
 
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 

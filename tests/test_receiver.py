@@ -26,9 +26,9 @@ from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
 from tests.support import PrivateRedis, Subscriber, body_of, celery_for, signed_headers, wait_for
-from webhook_ingest import keys
-from webhook_ingest.app import create_app
 from webhook_ingest.services import build_services
+from webhook_ingest.state import keys
+from webhook_ingest.web.app import create_app
 
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 MAX_BODY_BYTES = 65536  # set by tests/conftest.py

@@ -11,12 +11,12 @@ import pytest
 
 from tests.conftest import REPLICATE_SECRET, TEST_BROKER_URL, TEST_REDIS_URL
 from tests.support import body_of, celery_for, client_for, signed_headers, wait_for
-from webhook_ingest import keys
-from webhook_ingest.delivery import Delivery
-from webhook_ingest.delivery_claims import PENDING, Claim
-from webhook_ingest.enqueue import enqueue
-from webhook_ingest.receiver_queue import ReceiverQueue
-from webhook_ingest.redis_enqueue import RedisDirectEnqueue
+from webhook_ingest.handoff.claims import PENDING, Claim
+from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.publish import enqueue
+from webhook_ingest.handoff.single_script import RedisDirectEnqueue
+from webhook_ingest.handoff.three_step import ReceiverQueue
+from webhook_ingest.state import keys
 
 # A queue no worker consumes: the session's worker reads the default one.
 QUEUE = "direct_enqueue_tests"

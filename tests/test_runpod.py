@@ -19,12 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support import client_for, wait_for
-from webhook_ingest import keys
 from webhook_ingest.config import ConfigError, load_settings
-from webhook_ingest.provider_http import ProviderError, ProviderNotFound
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError
+from webhook_ingest.providers.http import ProviderError, ProviderNotFound
 from webhook_ingest.providers.runpod import RunPodProvider, update_from_status
 from webhook_ingest.services import build_services
+from webhook_ingest.state import keys
 from webhook_ingest.submission import submit_job
 from webhook_ingest.verification import VerificationError
 

@@ -12,9 +12,8 @@ import pytest
 from marshmallow import ValidationError
 
 from tests.support import Subscriber
-from webhook_ingest import keys
-from webhook_ingest.job_update import JobStateUpdate
-from webhook_ingest.state import Outcome
+from webhook_ingest.state.job_update import JobStateUpdate
+from webhook_ingest.state.store import Outcome, keys
 
 T0 = 1_750_000_000_000  # epoch ms
 SEED_FIELDS = {

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook_ingest import strict_json
-from webhook_ingest.delivery import Delivery
-from webhook_ingest.jobs import JobNotFound
+from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.providers import PayloadError
 from webhook_ingest.services import Services
-from webhook_ingest.state import ApplyResult, Outcome
+from webhook_ingest.state.job_registry import JobNotFound
+from webhook_ingest.state.store import ApplyResult, Outcome
 
 log = logging.getLogger(__name__)
 

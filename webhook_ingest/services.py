@@ -9,12 +9,12 @@ import redis
 
 from webhook_ingest import redis_client
 from webhook_ingest.config import Settings, load_settings
-from webhook_ingest.dead_letters import DeadLetters
-from webhook_ingest.delivery_claims import DeliveryClaims
-from webhook_ingest.jobs import JobRegistry
+from webhook_ingest.handoff.claims import DeliveryClaims
+from webhook_ingest.operations.dead_letters import DeadLetters
+from webhook_ingest.operations.raw_deliveries import RawDeliveries
 from webhook_ingest.providers import Provider, load_providers
-from webhook_ingest.raw_deliveries import RawDeliveries
-from webhook_ingest.state import StateStore
+from webhook_ingest.state.job_registry import JobRegistry
+from webhook_ingest.state.store import StateStore
 
 
 @dataclass(frozen=True)

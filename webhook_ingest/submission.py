@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from webhook_ingest.jobs import Registration
 from webhook_ingest.providers import JobRequest
 from webhook_ingest.services import Services
+from webhook_ingest.state.job_registry import Registration
 
 log = logging.getLogger(__name__)
 

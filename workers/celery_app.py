@@ -5,7 +5,7 @@ import logging
 from celery import Celery
 from celery.signals import setup_logging
 
-from webhook_ingest import json_logs
+from webhook_ingest.observability import json_logs
 
 # Connects the worker's metrics signals; inert in processes that only publish.
 from workers import metrics_server  # noqa: F401

@@ -1,9 +1,9 @@
 """The consistency check as a Celery task (scheduled by beat); the logic is in
-webhook_ingest.consistency."""
+webhook_ingest.operations.consistency."""
 
 from __future__ import annotations
 
-from webhook_ingest.consistency import ConsistencyCheck
+from webhook_ingest.operations.consistency import ConsistencyCheck
 from workers.celery_app import app
 from workers.services import services
 

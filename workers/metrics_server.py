@@ -14,8 +14,8 @@ import os
 
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
-from webhook_ingest import metrics_dir
 from webhook_ingest.config import load_settings
+from webhook_ingest.observability import multiprocess_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _serve(**_: object) -> None:
     port = _port()
     if not port:
         return
-    if not os.environ.get(metrics_dir.ENV):
+    if not os.environ.get(multiprocess_dir.ENV):
         # Each child would count in its own memory, and a scrape would see none of it.
         log.error(
             "WORKER_METRICS_PORT is set but the worker was started without a metrics "
@@ -54,7 +54,7 @@ def _serve(**_: object) -> None:
 
 @worker_process_shutdown.connect
 def _forget_child(**_: object) -> None:
-    if os.environ.get(metrics_dir.ENV):
+    if os.environ.get(multiprocess_dir.ENV):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())
@@ -65,5 +65,5 @@ def _stop(**_: object) -> None:
     server = _state.pop("server", None)
     if server is not None:
         server.shutdown()
-    if os.environ.get(metrics_dir.ENV):
-        metrics_dir.remove_if_private(os.environ[metrics_dir.ENV])
+    if os.environ.get(multiprocess_dir.ENV):
+        multiprocess_dir.remove_if_private(os.environ[multiprocess_dir.ENV])

@@ -13,13 +13,13 @@ import os
 import shutil
 import sys
 
-from webhook_ingest import metrics_dir
 from webhook_ingest.config import load_settings
+from webhook_ingest.observability import multiprocess_dir
 
 
 def main(argv: list[str]) -> None:
     if load_settings().worker_metrics_port:
-        metrics_dir.prepare("worker")
+        multiprocess_dir.prepare("worker")
     celery = shutil.which("celery") or os.path.join(os.path.dirname(sys.executable), "celery")
     os.execv(celery, [celery, "-A", "workers", *argv])  # noqa: S606 - argv, no shell
 

@@ -9,11 +9,10 @@ from typing import NoReturn
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from webhook_ingest.delivery import Delivery
-from webhook_ingest.enqueue import INGEST_TASK
+from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.publish import INGEST_TASK
 from webhook_ingest.ingest import IngestOutcome, ingest
-from webhook_ingest.jobs import JobMismatch, JobNotFound
-from webhook_ingest.metrics import (
+from webhook_ingest.observability.metrics import (
     DEAD_LETTERED,
     DELIVERIES_PROCESSED,
     ORPHAN_POLLS,
@@ -21,9 +20,10 @@ from webhook_ingest.metrics import (
     RECEIVE_TO_APPLIED_SECONDS,
     UNMATCHED_DELIVERIES,
 )
-from webhook_ingest.orphans import OrphanPoller
-from webhook_ingest.provider_http import ProviderError, ProviderUnavailable
+from webhook_ingest.operations.orphan_poller import OrphanPoller
 from webhook_ingest.providers import PayloadError
+from webhook_ingest.providers.http import ProviderError, ProviderUnavailable
+from webhook_ingest.state.job_registry import JobMismatch, JobNotFound
 from workers import retries
 from workers.celery_app import app
 from workers.services import services

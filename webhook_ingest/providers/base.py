@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import requests
 
-from webhook_ingest import provider_http
 from webhook_ingest.config import ConfigError, Settings
-from webhook_ingest.job_update import JobStateUpdate
+from webhook_ingest.providers import http
+from webhook_ingest.state.job_update import JobStateUpdate
 from webhook_ingest.verification import AllOf, StandardWebhooksVerifier, Verifier
 from webhook_ingest.verification.tokens import (
     BasicAuthVerifier,
@@ -80,7 +80,7 @@ class WebhookCapableConnector(abc.ABC):
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
         """Ask the provider where the job stands (source `orphan_poll`).
 
-        Raises provider_http.ProviderNotFound / ProviderUnavailable / ProviderError.
+        Raises http.ProviderNotFound / ProviderUnavailable / ProviderError.
         """
 
 
@@ -122,7 +122,7 @@ class Provider(WebhookCapableConnector):
         """One HTTP session per provider and process: connection reuse, one retry policy."""
         if self._session is None:
             key = self.api_key
-            self._session = provider_http.make_session(f"Bearer {key}" if key else None, self.name)
+            self._session = http.make_session(f"Bearer {key}" if key else None, self.name)
         return self._session
 
     def webhook_url(self, *path: str) -> str:

@@ -30,15 +30,9 @@ from urllib.parse import quote, urlsplit
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from webhook_ingest import provider_http, strict_json
+from webhook_ingest import strict_json
 from webhook_ingest.config import ConfigError, Settings
-from webhook_ingest.job_update import (
-    FAILED,
-    SOURCE_ORPHAN_POLL,
-    SOURCE_WEBHOOK,
-    STATUSES,
-    JobStateUpdate,
-)
+from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
     JobRequest,
@@ -46,6 +40,13 @@ from webhook_ingest.providers.base import (
     Provider,
     WebhookConfig,
     env_name,
+)
+from webhook_ingest.state.job_update import (
+    FAILED,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    STATUSES,
+    JobStateUpdate,
 )
 from webhook_ingest.verification import StandardWebhooksVerifier, Verifier
 from webhook_ingest.verification.hmac_signature import (
@@ -647,12 +648,12 @@ class DeclarativeProvider(Provider):
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
         poll = self.spec.poll
         if poll is None:
-            raise provider_http.ProviderError(
+            raise http.ProviderError(
                 f"{self.name} has no poll configured in {PROVIDERS_FILE_VARIABLE}: "
                 "its jobs are recovered by webhook only"
             )
         external_id = job.external_job_id or ""
-        _, answer = provider_http.get_json(self.session, self._poll_url(poll, external_id))
+        _, answer = http.get_json(self.session, self._poll_url(poll, external_id))
         return poll.fields.update(answer, job, external_id, self.name, SOURCE_ORPHAN_POLL)
 
     def _poll_url(self, poll: PollSpec, external_id: str) -> str:

@@ -23,16 +23,9 @@ from urllib.parse import quote
 
 import requests
 
-from webhook_ingest import provider_http, redis_client
+from webhook_ingest import redis_client
 from webhook_ingest.config import ConfigError, Settings
-from webhook_ingest.job_update import (
-    COMPLETED,
-    FAILED,
-    PROCESSING,
-    SOURCE_ORPHAN_POLL,
-    SOURCE_WEBHOOK,
-    JobStateUpdate,
-)
+from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
     JobRequest,
@@ -43,6 +36,14 @@ from webhook_ingest.providers.base import (
     require_str,
 )
 from webhook_ingest.providers.poll_targets import PollTargets
+from webhook_ingest.state.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    JobStateUpdate,
+)
 from webhook_ingest.verification.ed25519_jwks import (
     DEFAULT_REFETCH_SECONDS,
     DEFAULT_TTL_SECONDS,
@@ -117,7 +118,7 @@ class FalProvider(Provider):
         """fal's scheme is `Authorization: Key <key>`, not Bearer."""
         if self._session is None:
             key = self.api_key
-            self._session = provider_http.make_session(f"Key {key}" if key else None, self.name)
+            self._session = http.make_session(f"Key {key}" if key else None, self.name)
         return self._session
 
     # -- receiving --------------------------------------------------------------
@@ -168,7 +169,7 @@ class FalProvider(Provider):
     def _result_or_none(self, request_id: str) -> Any:
         try:
             return self._get(self._request_url(request_id))
-        except (provider_http.ProviderNotFound, LookupError):
+        except (http.ProviderNotFound, LookupError):
             log.warning("fal result not retrievable; completed without it")
             return None
 
@@ -189,7 +190,7 @@ class FalProvider(Provider):
             raise ValueError("a fal job's 'input' is an object of the model's arguments")
         if params:
             raise ValueError(f"unknown fal job parameters: {', '.join(sorted(params))}")
-        answer = provider_http.post_json(
+        answer = http.post_json(
             self.session,
             f"{self.base_url}/{model}",
             params={"fal_webhook": self.get_webhook_config(job.job_id).url},
@@ -206,7 +207,7 @@ class FalProvider(Provider):
         try:
             url = self._request_url(request_id)
         except LookupError as exc:
-            raise provider_http.ProviderError(str(exc)) from None
+            raise http.ProviderError(str(exc)) from None
         status = self._get(f"{url}/status")
         raw = status.get("status")
         if raw == "IN_QUEUE":
@@ -229,5 +230,5 @@ class FalProvider(Provider):
         return f"{self.base_url}/{app}/requests/{quote(request_id, safe='')}"
 
     def _get(self, url: str) -> dict[str, Any]:
-        _, body = provider_http.get_json(self.session, url)
+        _, body = http.get_json(self.session, url)
         return body

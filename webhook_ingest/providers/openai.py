@@ -11,15 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from webhook_ingest import provider_http
-from webhook_ingest.job_update import (
-    COMPLETED,
-    FAILED,
-    PROCESSING,
-    SOURCE_ORPHAN_POLL,
-    SOURCE_WEBHOOK,
-    JobStateUpdate,
-)
+from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
     JobRequest,
@@ -27,6 +19,14 @@ from webhook_ingest.providers.base import (
     Provider,
     WebhookConfig,
     require_str,
+)
+from webhook_ingest.state.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    JobStateUpdate,
 )
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class OpenAIProvider(Provider):
         return isinstance(event_type, str) and event_type in _EVENT_STATUS
 
     def fetch_response(self, response_id: str) -> dict[str, Any]:
-        _, body = provider_http.get_json(self.session, f"{self.base_url}/responses/{response_id}")
+        _, body = http.get_json(self.session, f"{self.base_url}/responses/{response_id}")
         return body
 
     def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate | None:
@@ -119,7 +119,7 @@ class OpenAIProvider(Provider):
         if event_type.startswith("response."):
             try:
                 return update_from_response(self.fetch_response(object_id), job, SOURCE_WEBHOOK)
-            except provider_http.ProviderNotFound:
+            except http.ProviderNotFound:
                 if event_type not in _EVENT_STATUS:
                     return None
                 log.warning(
@@ -152,7 +152,7 @@ class OpenAIProvider(Provider):
         params = dict(job.params)
         metadata = {**params.pop("metadata", {}), "job_id": job.job_id}
         body = {**params, "background": True, "metadata": metadata}
-        response = provider_http.post_json(self.session, f"{self.base_url}/responses", json=body)
+        response = http.post_json(self.session, f"{self.base_url}/responses", json=body)
         return require_str(response, "id")
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:

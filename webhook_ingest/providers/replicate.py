@@ -12,15 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from webhook_ingest import provider_http
-from webhook_ingest.job_update import (
-    COMPLETED,
-    FAILED,
-    PROCESSING,
-    SOURCE_ORPHAN_POLL,
-    SOURCE_WEBHOOK,
-    JobStateUpdate,
-)
+from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
     JobRequest,
@@ -28,6 +20,14 @@ from webhook_ingest.providers.base import (
     Provider,
     WebhookConfig,
     require_str,
+)
+from webhook_ingest.state.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    JobStateUpdate,
 )
 
 # The official client's tqdm pattern (replicate/prediction.py); last match wins.
@@ -127,11 +127,11 @@ class ReplicateProvider(Provider):
             raise ValueError("a Replicate job needs 'version' or 'model' (owner/name)")
         config = self.get_webhook_config(job.job_id)
         body = {**params, "webhook": config.url, "webhook_events_filter": list(config.events)}
-        prediction = provider_http.post_json(self.session, url, json=body)
+        prediction = http.post_json(self.session, url, json=body)
         return require_str(prediction, "id")
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
-        _, prediction = provider_http.get_json(
+        _, prediction = http.get_json(
             self.session, f"{self.base_url}/predictions/{job.external_job_id}"
         )
         return update_from_prediction(prediction, job, SOURCE_ORPHAN_POLL)

@@ -20,16 +20,9 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from webhook_ingest import provider_http, redis_client
+from webhook_ingest import redis_client
 from webhook_ingest.config import ConfigError, Settings
-from webhook_ingest.job_update import (
-    COMPLETED,
-    FAILED,
-    PROCESSING,
-    SOURCE_ORPHAN_POLL,
-    SOURCE_WEBHOOK,
-    JobStateUpdate,
-)
+from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
     JobRequest,
@@ -40,6 +33,14 @@ from webhook_ingest.providers.base import (
     require_str,
 )
 from webhook_ingest.providers.poll_targets import PollTargets
+from webhook_ingest.state.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    SOURCE_WEBHOOK,
+    JobStateUpdate,
+)
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # Unreserved URL characters: the token is a path segment, sent and matched as is.
@@ -140,7 +141,7 @@ class RunPodProvider(Provider):
         if not isinstance(params.get("input"), dict):
             raise ValueError("a RunPod job needs 'input', an object")
         body = {**params, "webhook": self.get_webhook_config(job.job_id).url}
-        answer = provider_http.post_json(self.session, f"{self.base_url}/{endpoint}/run", json=body)
+        answer = http.post_json(self.session, f"{self.base_url}/{endpoint}/run", json=body)
         job_id = require_str(answer, "id")
         self._targets.remember(self.name, job_id, endpoint)
         return job_id
@@ -149,10 +150,10 @@ class RunPodProvider(Provider):
         external_id = job.external_job_id
         endpoint = self._targets.recall(self.name, external_id) or self.setting("_ENDPOINT_ID")
         if not endpoint or not _ENDPOINT_ID.match(endpoint):
-            raise provider_http.ProviderError(
+            raise http.ProviderError(
                 f"no RunPod endpoint recorded for job {external_id} and RUNPOD_ENDPOINT_ID unset"
             )
-        _, job_status = provider_http.get_json(
+        _, job_status = http.get_json(
             self.session, f"{self.base_url}/{endpoint}/status/{quote(external_id, safe='')}"
         )
         return update_from_status(job_status, job, SOURCE_ORPHAN_POLL)

@@ -10,14 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhook_ingest import provider_http
-from webhook_ingest.job_update import (
-    COMPLETED,
-    FAILED,
-    PROCESSING,
-    SOURCE_ORPHAN_POLL,
-    JobStateUpdate,
-)
+from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
     JobRequest,
@@ -25,6 +18,13 @@ from webhook_ingest.providers.base import (
     Provider,
     WebhookConfig,
     require_str,
+)
+from webhook_ingest.state.job_update import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    SOURCE_ORPHAN_POLL,
+    JobStateUpdate,
 )
 
 
@@ -53,7 +53,7 @@ class StabilityProvider(Provider):
         endpoint = job.params.get("endpoint")
         if not isinstance(endpoint, str) or not endpoint.startswith("/"):
             raise ValueError("a Stability job needs 'endpoint', a path such as /v2beta/...")
-        answer = provider_http.post_json(
+        answer = http.post_json(
             self.session,
             f"{self.base_url}{endpoint}",
             data=job.params.get("data") or {},
@@ -63,7 +63,7 @@ class StabilityProvider(Provider):
         return require_str(answer, "id")
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
-        status, body = provider_http.get_json(
+        status, body = http.get_json(
             self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
         )
         if status == 202:

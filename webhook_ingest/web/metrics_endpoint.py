@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from webhook_ingest import keys
 from webhook_ingest.services import Services
+from webhook_ingest.state import keys
 
 EVENTS_SHOWN = 10
 

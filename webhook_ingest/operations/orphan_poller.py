@@ -18,13 +18,17 @@ import logging
 import math
 from dataclasses import dataclass
 
-from webhook_ingest import keys
-from webhook_ingest.job_update import FAILED, SOURCE_ORPHAN_POLL, TERMINAL_STATUSES, JobStateUpdate
-from webhook_ingest.job_update import now_ms as _now_ms
-from webhook_ingest.provider_http import ProviderError, ProviderNotFound, ProviderUnavailable
 from webhook_ingest.providers import JobRef, PayloadError
+from webhook_ingest.providers.http import ProviderError, ProviderNotFound, ProviderUnavailable
 from webhook_ingest.services import Services
-from webhook_ingest.state import Outcome
+from webhook_ingest.state.job_update import (
+    FAILED,
+    SOURCE_ORPHAN_POLL,
+    TERMINAL_STATUSES,
+    JobStateUpdate,
+)
+from webhook_ingest.state.job_update import now_ms as _now_ms
+from webhook_ingest.state.store import Outcome, keys
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask_limiter import Limiter, RequestLimit
 
 from webhook_ingest.config import Settings
-from webhook_ingest.http_errors import error
-from webhook_ingest.metrics import DELIVERIES_RECEIVED
+from webhook_ingest.observability.metrics import DELIVERIES_RECEIVED
+from webhook_ingest.web.http_errors import error
 
 log = logging.getLogger(__name__)
 

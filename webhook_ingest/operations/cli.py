@@ -55,7 +55,7 @@ def jobs() -> None:
 @click.argument("job_id")
 def show_job(job_id: str) -> None:
     """Mapping, state and the last few observations, as GET /jobs/<job_id> shows them."""
-    from webhook_ingest.job_view import job_view
+    from webhook_ingest.state.job_view import job_view
 
     view = job_view(_services(), job_id)
     if view is None:
@@ -140,8 +140,8 @@ def replay_dead_letters(
     A delivery applied meanwhile ends as a duplicate; one that fails again is
     parked again as a new letter.
     """
-    from webhook_ingest.dead_letters import UnknownDeadLetter
-    from webhook_ingest.enqueue import EnqueueFailed
+    from webhook_ingest.handoff.publish import EnqueueFailed
+    from webhook_ingest.operations.dead_letters import UnknownDeadLetter
 
     _check_target(letter_id, everything, provider=provider, reason=reason)
     letters, celery_app = _services().dead_letters, _celery()
@@ -190,7 +190,7 @@ def purge_dead_letters(
     yes: bool,
 ) -> None:
     """Delete parked deliveries for good."""
-    from webhook_ingest.job_update import now_ms
+    from webhook_ingest.state.job_update import now_ms
 
     _check_target(letter_id, everything, provider=provider, reason=reason, older_than=older_than)
     letters = _services().dead_letters

@@ -11,7 +11,7 @@ import logging
 
 from celery import Celery
 
-from webhook_ingest.delivery import Delivery
+from webhook_ingest.handoff.delivery import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import enum
 
 import redis
 
-from webhook_ingest import keys
+from webhook_ingest.state import keys
 
 PENDING = "pending"
 ENQUEUED = "enqueued"

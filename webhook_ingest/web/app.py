@@ -8,11 +8,11 @@ from celery import Celery
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhook_ingest import dead_letter_api, metrics_endpoint, operator_api, receiver
-from webhook_ingest.http_errors import register_error_handlers
-from webhook_ingest.rate_limit import init_rate_limit
-from webhook_ingest.receiver_queue import ReceiverQueue
+from webhook_ingest.handoff.three_step import ReceiverQueue
 from webhook_ingest.services import Services, build_services
+from webhook_ingest.web import dead_letter_api, metrics_endpoint, operator_api, receiver
+from webhook_ingest.web.http_errors import register_error_handlers
+from webhook_ingest.web.rate_limit import init_rate_limit
 
 log = logging.getLogger(__name__)
 

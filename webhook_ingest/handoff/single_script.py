@@ -15,7 +15,7 @@ Measured (bench/, docs/benchmarks.md): kombu's publish costs several Redis
 round trips' worth of Python per delivery; this is one round trip.
 
 Anything else (RabbitMQ, a separate Redis server, TLS differences) uses the
-three-step path in webhook_ingest.receiver_queue.
+three-step path in webhook_ingest.handoff.three_step.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport import resolve_transport
 
-from webhook_ingest import keys
-from webhook_ingest.delivery import Delivery
-from webhook_ingest.delivery_claims import ENQUEUED, Claim
-from webhook_ingest.enqueue import INGEST_TASK, argsrepr
+from webhook_ingest.handoff.claims import ENQUEUED, Claim
+from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.publish import INGEST_TASK, argsrepr
+from webhook_ingest.state import keys
 
 # KEYS: claim key, queue list. ARGV: message, claim TTL, broker db, state db.
 _CLAIM_AND_PUSH_LUA = """

@@ -20,7 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from webhook_ingest import strict_json
-from webhook_ingest.metrics import PROVIDER_API_ERRORS
+from webhook_ingest.observability.metrics import PROVIDER_API_ERRORS
 
 CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10

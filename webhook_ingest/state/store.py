@@ -25,8 +25,9 @@ from typing import Any
 
 import redis
 
-from webhook_ingest import keys, metrics
-from webhook_ingest.job_update import SOURCE_WEBHOOK, JobStateUpdate, result_json, validated
+from webhook_ingest.observability import metrics
+from webhook_ingest.state import keys
+from webhook_ingest.state.job_update import SOURCE_WEBHOOK, JobStateUpdate, result_json, validated
 
 _APPLY_LUA = """
 local state_key, mapping_key, applied_key, live_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]

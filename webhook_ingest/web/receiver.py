@@ -15,12 +15,16 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from webhook_ingest import strict_json
-from webhook_ingest.delivery import Delivery, kept_headers
-from webhook_ingest.delivery_claims import Claim
-from webhook_ingest.enqueue import EnqueueFailed
-from webhook_ingest.http_errors import error
-from webhook_ingest.metrics import DELIVERIES_RECEIVED, ENQUEUE_SECONDS, VERIFICATION_FAILURES
+from webhook_ingest.handoff.claims import Claim
+from webhook_ingest.handoff.delivery import Delivery, kept_headers
+from webhook_ingest.handoff.publish import EnqueueFailed
+from webhook_ingest.observability.metrics import (
+    DELIVERIES_RECEIVED,
+    ENQUEUE_SECONDS,
+    VERIFICATION_FAILURES,
+)
 from webhook_ingest.verification import VerificationError, VerificationUnavailable, body_digest
+from webhook_ingest.web.http_errors import error
 
 log = logging.getLogger(__name__)
 

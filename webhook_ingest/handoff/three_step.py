@@ -6,7 +6,7 @@ another request. It raises EnqueueFailed (broker unreachable) or
 redis.RedisError (state store unreachable); either way nothing was acknowledged.
 
 With the broker on the state's Redis server this is one Lua call
-(webhook_ingest.redis_enqueue); otherwise three steps: claim as `pending`,
+(webhook_ingest.handoff.single_script); otherwise three steps: claim as `pending`,
 publish through kombu (with publisher confirms on RabbitMQ), confirm the claim.
 """
 
@@ -16,10 +16,10 @@ import logging
 
 from celery import Celery
 
-from webhook_ingest.delivery import Delivery
-from webhook_ingest.delivery_claims import Claim, DeliveryClaims
-from webhook_ingest.enqueue import EnqueueFailed, enqueue
-from webhook_ingest.redis_enqueue import RedisDirectEnqueue
+from webhook_ingest.handoff.claims import Claim, DeliveryClaims
+from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.publish import EnqueueFailed, enqueue
+from webhook_ingest.handoff.single_script import RedisDirectEnqueue
 from webhook_ingest.services import Services
 
 log = logging.getLogger(__name__)

@@ -7,11 +7,11 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import Schema, ValidationError, fields, validate
 
-from webhook_ingest.admin_auth import require_admin
-from webhook_ingest.http_errors import error
-from webhook_ingest.job_view import job_view
-from webhook_ingest.jobs import Registration
-from webhook_ingest.receiver import JOB_ID
+from webhook_ingest.state.job_registry import Registration
+from webhook_ingest.state.job_view import job_view
+from webhook_ingest.web.admin_auth import require_admin
+from webhook_ingest.web.http_errors import error
+from webhook_ingest.web.receiver import JOB_ID
 
 log = logging.getLogger(__name__)
 

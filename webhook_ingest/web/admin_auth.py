@@ -6,7 +6,7 @@ import hmac
 
 from flask import current_app, request
 
-from webhook_ingest.http_errors import error
+from webhook_ingest.web.http_errors import error
 
 
 def authorized() -> bool:

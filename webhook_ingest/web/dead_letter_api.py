@@ -11,8 +11,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from webhook_ingest.admin_auth import require_admin
-from webhook_ingest.http_errors import error
+from webhook_ingest.web.admin_auth import require_admin
+from webhook_ingest.web.http_errors import error
 
 blueprint = Blueprint("dead_letters", __name__)
 blueprint.before_request(require_admin)
