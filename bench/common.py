@@ -211,8 +211,8 @@ class BulkRegistrar:
         }
 
     def _same_as_register(self) -> bool:
+        from webhook_ingest.clock import now_ms
         from webhook_ingest.state import keys
-        from webhook_ingest.state.job_update import now_ms
 
         tag = uuid.uuid4().hex[:8]
         a, b = f"bench-check-a-{tag}", f"bench-check-b-{tag}"
@@ -247,7 +247,7 @@ class BulkRegistrar:
 
     def register(self, jobs: list[tuple[str, str]], now: int | None = None) -> None:
         """(job id, external id) pairs, registered as of `now` (ms; default: now)."""
-        from webhook_ingest.state.job_update import now_ms
+        from webhook_ingest.clock import now_ms
 
         if not self.pipelined:
             from webhook_ingest.state import keys

@@ -50,10 +50,10 @@ def _used(client: redis.Redis) -> int:
 
 
 def measure(bench, run: int) -> dict:
+    from webhook_ingest.clock import now_ms
     from webhook_ingest.operations.orphan_poller import OrphanPoller
     from webhook_ingest.services import build_services
     from webhook_ingest.state import keys
-    from webhook_ingest.state.job_update import now_ms
 
     url = bench.redis_url.rsplit("/", 1)[0] + f"/{GROWTH_DB}"
     services = build_services(environ={**bench.env, "REDIS_URL": url, "CELERY_BROKER_URL": url})

@@ -29,10 +29,11 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import REPLICATE_SECRET
 from tests.support import Subscriber, body_of, signed_headers, wait_for
+from webhook_ingest.clock import now_ms
 from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.operations.consistency import ConsistencyCheck
 from webhook_ingest.services import build_services
-from webhook_ingest.state.job_update import JobStateUpdate, now_ms
+from webhook_ingest.state.job_update import JobStateUpdate
 from webhook_ingest.state.store import StateStore, keys
 
 MINUTE = 60_000

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from tests.conftest import REPLICATE_SECRET
 from tests.support import body_of, client_for, free_port, signed_headers
+from webhook_ingest.clock import now_ms
 from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.operations.cli import main
@@ -27,7 +28,6 @@ from webhook_ingest.operations.raw_deliveries import RawDeliveries
 from webhook_ingest.redis_client import connect
 from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
-from webhook_ingest.state.job_update import now_ms
 
 RETENTION = 600
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from webhook_ingest.state.job_update import now_ms
+from webhook_ingest.clock import now_ms
 
 KEPT_HEADERS = ("webhook-id", "webhook-timestamp", "content-type", "user-agent")
 

@@ -190,7 +190,7 @@ def purge_dead_letters(
     yes: bool,
 ) -> None:
     """Delete parked deliveries for good."""
-    from webhook_ingest.state.job_update import now_ms
+    from webhook_ingest.clock import now_ms
 
     _check_target(letter_id, everything, provider=provider, reason=reason, older_than=older_than)
     letters = _services().dead_letters

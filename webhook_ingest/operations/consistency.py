@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from webhook_ingest.clock import now_ms as _now_ms
 from webhook_ingest.config import CONSISTENCY_SETTLE_SECONDS
 from webhook_ingest.observability import metrics
 from webhook_ingest.providers import JobRef, PayloadError
@@ -29,7 +30,6 @@ from webhook_ingest.providers.http import ProviderError
 from webhook_ingest.services import Services
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import TERMINAL_STATUSES
-from webhook_ingest.state.job_update import now_ms as _now_ms
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from typing import Any
 import redis
 from celery import Celery
 
+from webhook_ingest.clock import now_ms
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.publish import enqueue
 from webhook_ingest.state import keys
-from webhook_ingest.state.job_update import now_ms
 
 log = logging.getLogger(__name__)
 

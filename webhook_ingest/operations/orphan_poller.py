@@ -18,6 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+from webhook_ingest.clock import now_ms as _now_ms
 from webhook_ingest.providers import JobRef, PayloadError
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound, ProviderUnavailable
 from webhook_ingest.services import Services
@@ -27,7 +28,6 @@ from webhook_ingest.state.job_update import (
     TERMINAL_STATUSES,
     JobStateUpdate,
 )
-from webhook_ingest.state.job_update import now_ms as _now_ms
 from webhook_ingest.state.store import Outcome, keys
 
 log = logging.getLogger(__name__)

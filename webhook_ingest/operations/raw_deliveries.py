@@ -14,9 +14,9 @@ from typing import Any
 
 import redis
 
+from webhook_ingest.clock import now_ms
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.state import keys
-from webhook_ingest.state.job_update import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import enum
 
 import redis
 
+from webhook_ingest.clock import now_ms
 from webhook_ingest.providers.base import JobRef
 from webhook_ingest.state import keys
-from webhook_ingest.state.job_update import now_ms
 
 _REGISTER_LUA = """
 local mapping_key, index_key, live_key, state_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]

@@ -6,13 +6,13 @@ already consumes from `job_progress:{job_id}` and `job_updates`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from webhook_ingest import strict_json
+from webhook_ingest.clock import now_ms
 
 PROCESSING = "processing"
 COMPLETED = "completed"
@@ -23,10 +23,6 @@ TERMINAL_STATUSES = frozenset({COMPLETED, FAILED})
 SOURCE_WEBHOOK = "webhook"
 SOURCE_ORPHAN_POLL = "orphan_poll"
 SOURCES = (SOURCE_WEBHOOK, SOURCE_ORPHAN_POLL)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
