@@ -57,7 +57,7 @@ if _redis_broker:
         # visibility timeout. kombu sweeps every `unacked_restore_interval` s but
         # scans Redis only on every `unacked_restore_throttle`-th sweep (10 x 10 s
         # by default), so they came back up to ~110 s late, not after the
-        # visibility timeout (measured: tests/test_faults_worker.py, 93 s+;
+        # visibility timeout (measured: tests/faults/test_faults_worker.py, 93 s+;
         # test_faults_redis.py, 82 s, with a 10 s timeout). The scan is one ZRANGE
         # under a mutex: scan on every sweep, at least twice per timeout.
         "unacked_restore_interval": max(1, min(5, VISIBILITY_TIMEOUT // 2)),

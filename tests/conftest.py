@@ -131,8 +131,8 @@ def quiet_broker():
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The fault suite's counts (tests/fault_harness.py), whatever the output capture."""
-    from tests.fault_harness import COUNTS
+    """The fault suite's counts (tests/faults/fault_harness.py), whatever the output capture."""
+    from tests.faults.fault_harness import COUNTS
 
     if COUNTS:
         terminalreporter.section("fault suite counts")

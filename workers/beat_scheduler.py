@@ -5,7 +5,7 @@ retrying proxy, but the beat lock it makes from that client is a plain
 redis-py Lock bound to the unwrapped client. So the first tick after Redis
 goes away raises ConnectionError from `lock.extend()`, beat logs CRITICAL and
 exits (upstream: sibson/redbeat PR #314, issues #285, #230), found by
-tests/test_faults_redis.py. Under `make run` (honcho) one exiting process
+tests/faults/test_faults_redis.py. Under `make run` (honcho) one exiting process
 stops them all; under any supervisor the orphan poller stops until a restart.
 
 Here a tick that cannot reach Redis is retried after a short pause instead,

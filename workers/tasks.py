@@ -93,7 +93,7 @@ def _retry(task, countdown: float) -> NoReturn:
     kombu's `unacked` if Redis is back by the time the worker rejects it (a short
     restart): the acknowledged delivery would be gone. requeue=True puts it back
     on the queue instead, or, if Redis is still away, leaves it in `unacked` for
-    the visibility timeout (tests/test_faults_redis.py).
+    the visibility timeout (tests/faults/test_faults_redis.py).
     """
     try:
         raise task.retry(countdown=countdown) from None

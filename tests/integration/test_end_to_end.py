@@ -19,7 +19,7 @@ from tests.support import PrivateRedis, Subscriber, body_of, free_port, signed_h
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.fault_harness import (
+from tests.faults.fault_harness import (
     FaultRedis,
     Ledger,
     Stream,

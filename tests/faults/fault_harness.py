@@ -1,4 +1,4 @@
-"""Real processes and real failures for the fault suite (tests/test_faults_*.py).
+"""Real processes and real failures for the fault suite (tests/faults/test_faults_*.py).
 
 A `FaultRedis` is a redis-server of the test's own with the production settings
 (AOF, `noeviction`) that can be killed and restarted on the same port and
@@ -34,7 +34,7 @@ from tests.conftest import ADMIN_TOKEN, REPLICATE_SECRET
 from tests.support import PrivateRedis, body_of, free_port, signed_headers, wait_for
 from webhook_ingest.state import keys
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # RabbitMQ on this machine (guest/guest); each System gets a virtual host of its own.
 RABBITMQ = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1:5672")

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ADMIN_TOKEN, REPLICATE_SECRET
 from tests.support import PrivateRedis, body_of, free_port, signed_headers, wait_for
-from tests.test_end_to_end import BIN, ROOT, Service
+from tests.integration.test_end_to_end import BIN, ROOT, Service
 
 pytestmark = pytest.mark.e2e
 

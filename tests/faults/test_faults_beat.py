@@ -38,7 +38,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests.fault_harness import Counts, FaultRedis, System, register_jobs, report
+from tests.faults.fault_harness import Counts, FaultRedis, System, register_jobs, report
 from tests.support import FakeProviderAPI, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]

@@ -565,7 +565,7 @@ def test_runpod_statuses_normalize_or_raise_payload_error(payload):
 
 # -- declarative providers -------------------------------------------------------------------
 
-EXAMPLE_FILE = Path(__file__).resolve().parent.parent / "examples" / "providers.yaml"
+EXAMPLE_FILE = Path(__file__).resolve().parents[2] / "examples" / "providers.yaml"
 GITHUB = DeclarativeProvider(
     parse_specs(read_document(str(EXAMPLE_FILE)))[0],
     SETTINGS,

@@ -32,7 +32,7 @@ import pytest
 from kombu import Connection
 
 from tests.conftest import OPENAI_SECRET
-from tests.fault_harness import (
+from tests.faults.fault_harness import (
     VISIBILITY_TIMEOUT,
     FaultRedis,
     Ledger,
@@ -372,7 +372,7 @@ def test_a_pool_child_killed_mid_task_is_requeued_at_once_and_applied_once(store
     finally:
         system.stop_all()
 
-    from tests.fault_harness import Counts
+    from tests.faults.fault_harness import Counts
 
     applied = 1 if applications[delivery_id] >= 1 else 0
     counts = Counts(

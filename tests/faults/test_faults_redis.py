@@ -44,8 +44,8 @@ from datetime import datetime
 import pytest
 import requests
 
-from tests import fault_harness
-from tests.fault_harness import (
+from tests.faults import fault_harness
+from tests.faults.fault_harness import (
     VISIBILITY_TIMEOUT,
     FaultRedis,
     Ledger,

@@ -35,8 +35,16 @@ import time
 
 import pytest
 
-from tests.fault_harness import FaultRedis, Ledger, System, new_jobs, register_jobs, report, tally
-from tests.fault_sequences import (
+from tests.faults.fault_harness import (
+    FaultRedis,
+    Ledger,
+    System,
+    new_jobs,
+    register_jobs,
+    report,
+    tally,
+)
+from tests.faults.fault_sequences import (
     Answers,
     Broadcasts,
     plan_job,

@@ -39,7 +39,7 @@ from tests.support import PrivateRedis, celery_for, free_port, wait_for
 from webhook_ingest.services import build_services
 from webhook_ingest.web.app import create_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 MAX_BODY_BYTES = int(os.environ["MAX_BODY_BYTES"])  # 65536, set by tests/conftest.py

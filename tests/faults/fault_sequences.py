@@ -1,6 +1,6 @@
-"""Helpers for the order, beat and soak fault tests (tests/test_faults_{order,beat,soak}.py).
+"""Helpers for the order, beat and soak fault tests (tests/faults/test_faults_{order,beat,soak}.py).
 
-On top of tests/fault_harness.py: Replicate event sequences per job with the final
+On top of tests/faults/fault_harness.py: Replicate event sequences per job with the final
 state each implies, a sender that records what the receiver said (accepted,
 duplicate, in flight), a pub/sub collector that reads every broadcast for the
 whole run, and a census of the keys a Redis holds and their TTLs.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import redis
 import requests
 
-from tests.fault_harness import Delivery, FaultRedis, System, prediction
+from tests.faults.fault_harness import Delivery, FaultRedis, System, prediction
 from webhook_ingest.state import keys
 
 TERMINALS = ("succeeded", "failed", "canceled")

@@ -49,7 +49,7 @@ from webhook_ingest.state.job_registry import JobNotFound
 from webhook_ingest.state.job_update import validated
 from webhook_ingest.web.app import create_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EXAMPLE = ROOT / "examples" / "providers.yaml"
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue

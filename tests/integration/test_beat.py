@@ -26,7 +26,7 @@ from webhook_ingest.state import keys
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 POLL_ORPHANS = "webhook_ingest.poll_orphans"

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.fault_harness import (
+from tests.faults.fault_harness import (
     FaultRedis,
     Ledger,
     Stream,
