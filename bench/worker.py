@@ -42,7 +42,7 @@ def worker_args() -> list[str]:
 
 def measure(bench, run: int) -> dict:
     from webhook_ingest.handoff.publish import enqueue
-    from workers.celery_app import app as celery_app
+    from workers import app as celery_app
 
     if bench.worker_name:  # the previous run's worker: this run starts its own
         bench.procs.stop(bench.worker_name)

@@ -93,9 +93,9 @@ def client(app):
 
 @pytest.fixture(scope="session")
 def celery_app():
-    from workers.celery_app import app as celery_app
+    from workers.celery_app import create_celery_app
 
-    return celery_app
+    return create_celery_app()
 
 
 @pytest.fixture(scope="session")

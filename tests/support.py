@@ -6,6 +6,7 @@ under test, so a receiver bug cannot hide behind a matching signer bug.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -263,23 +264,12 @@ class Subscriber:
 
 
 def celery_for(broker_url: str) -> Celery:
-    """A publishing Celery app on `broker_url`, configured as the receiver's.
-
-    Celery prefers the CELERY_BROKER_URL environment variable (set by conftest)
-    over `conf.broker_url`, so the write/read URLs, which win over it, are set too.
-    """
-    import celeryconfig
-
-    celery_app = Celery("tests", set_as_current=False)
-    celery_app.config_from_object(celeryconfig)
-    celery_app.conf.broker_url = broker_url
-    celery_app.conf.broker_write_url = broker_url
-    celery_app.conf.broker_read_url = broker_url
-    if not broker_url.startswith(("redis://", "rediss://")):
-        # celeryconfig chose its Redis transport for the environment's redis:// broker
-        celery_app.conf.broker_transport = None
+    """A publishing Celery app on `broker_url`, configured as the receiver's."""
+    from webhook_ingest.config import load_settings
+    from webhook_ingest.handoff import broker
     from webhook_ingest.handoff.single_script import broker_url as url_of
 
+    celery_app = broker.celery_app(dataclasses.replace(load_settings(), broker_url=broker_url))
     assert url_of(celery_app) == broker_url
     return celery_app
 

@@ -1,18 +1,29 @@
-"""The Celery application: configured from celeryconfig.py, tasks in workers.tasks."""
+"""The worker's Celery app, built from settings (as pallets/flask's examples/celery
+builds it in `celery_init_app`): celeryconfig's settings, the tasks in
+workers.tasks, JSON logs and the worker's metrics signals."""
+
+from __future__ import annotations
 
 import logging
 
 from celery import Celery
 from celery.signals import setup_logging
 
+from webhook_ingest.config import Settings, load_settings
+from webhook_ingest.handoff import broker
 from webhook_ingest.observability import json_logs
 
 # Connects the worker's metrics signals; inert in processes that only publish.
 from workers import metrics_server  # noqa: F401
 
-app = Celery("webhook_ingest")
-app.config_from_object("celeryconfig")
-app.conf.imports = ("workers.tasks", "workers.consistency_tasks")
+TASK_MODULES = ("workers.tasks", "workers.consistency_tasks")
+
+
+def create_celery_app(settings: Settings | None = None) -> Celery:
+    """The app `celery -A workers` runs; the current app, which the tasks bind to."""
+    app = broker.celery_app(settings or load_settings(), set_as_current=True)
+    app.conf.imports = TASK_MODULES
+    return app
 
 
 @setup_logging.connect

@@ -7,10 +7,11 @@ import time
 from typing import NoReturn
 
 import redis
+from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
+from celeryconfig import ADOPT_MAPPINGS_TASK, INGEST_TASK, POLL_JOB_TASK, POLL_ORPHANS_TASK
 from webhook_ingest.handoff.delivery import Delivery
-from webhook_ingest.handoff.publish import INGEST_TASK
 from webhook_ingest.ingest import IngestOutcome, ingest
 from webhook_ingest.observability.metrics import (
     DEAD_LETTERED,
@@ -25,13 +26,12 @@ from webhook_ingest.providers import PayloadError
 from webhook_ingest.providers.http import ProviderError, ProviderUnavailable
 from webhook_ingest.state.job_registry import JobMismatch, JobNotFound
 from workers import retries
-from workers.celery_app import app
 from workers.services import services
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=INGEST_TASK, bind=True, max_retries=None)
+@shared_task(name=INGEST_TASK, bind=True, max_retries=None)
 def ingest_delivery(self, message: dict) -> str:
     """Apply one verified delivery; retry what may heal, park what will not."""
     delivery = Delivery.from_message(message)
@@ -52,13 +52,13 @@ def ingest_delivery(self, message: dict) -> str:
             return _park(delivery, "unmatched", exc, self.request.retries + 1)
         log.info("job not registered yet, retrying", extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        _retry(self, retries.countdown(self.request.retries))
+        _retry(self, retries.countdown(svc.settings, self.request.retries))
     except ProviderUnavailable as exc:
         if self.request.retries + 1 >= retries.PROVIDER_MAX_ATTEMPTS:
             return _park(delivery, "provider_unavailable", exc, self.request.retries + 1)
         log.warning("provider unavailable, retrying: %s", exc, extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        wait = retries.countdown(self.request.retries, exc.retry_after)
+        wait = retries.countdown(svc.settings, self.request.retries, exc.retry_after)
         _retry(self, wait)
     except (PayloadError, JobMismatch, ProviderError) as exc:
         return _park(delivery, type(exc).__name__, exc, self.request.retries + 1)
@@ -66,7 +66,7 @@ def ingest_delivery(self, message: dict) -> str:
         # Our own infrastructure: keep trying for as long as it takes.
         log.warning("transient failure, retrying: %s", type(exc).__name__, extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        _retry(self, retries.countdown(self.request.retries))
+        _retry(self, retries.countdown(svc.settings, self.request.retries))
     except Exception as exc:
         # A bug must not lose the delivery: park it for replay after the fix.
         log.exception("unexpected error", extra=context)
@@ -123,12 +123,8 @@ def _park(delivery: Delivery, reason: str, error: Exception, attempts: int) -> s
 
 # -- orphan recovery (scheduled by beat) ---------------------------------------
 
-POLL_ORPHANS_TASK = "webhook_ingest.poll_orphans"
-POLL_JOB_TASK = "webhook_ingest.poll_job"
-ADOPT_MAPPINGS_TASK = "webhook_ingest.adopt_mappings"
 
-
-@app.task(name=POLL_ORPHANS_TASK)
+@shared_task(name=POLL_ORPHANS_TASK)
 def poll_orphans() -> dict[str, int]:
     """One tick: enqueue one poll per stale job, at most the per-provider budget."""
     svc = services()
@@ -141,7 +137,7 @@ def poll_orphans() -> dict[str, int]:
             poll_job.apply_async(
                 args=[provider, job_id],
                 # spread over the interval (within the countdown cap) to honour the rate
-                countdown=min(index * spacing, retries.max_countdown()),
+                countdown=min(index * spacing, retries.max_countdown(svc.settings)),
                 # a poll nobody ran in time is dropped: the next tick asks again
                 expires=interval,
             )
@@ -151,12 +147,13 @@ def poll_orphans() -> dict[str, int]:
     return enqueued
 
 
-@app.task(name=POLL_JOB_TASK, bind=True, max_retries=3)
+@shared_task(name=POLL_JOB_TASK, bind=True, max_retries=3)
 def poll_job(self, provider: str, job_id: str) -> str:
+    svc = services()
     try:
-        outcome = OrphanPoller(services()).poll(provider, job_id)
+        outcome = OrphanPoller(svc).poll(provider, job_id)
     except redis.RedisError as exc:
-        raise self.retry(countdown=retries.countdown(self.request.retries)) from exc
+        raise self.retry(countdown=retries.countdown(svc.settings, self.request.retries)) from exc
     ORPHAN_POLLS.labels(provider, outcome.value).inc()
     log.info(
         "orphan poll %s",
@@ -166,7 +163,7 @@ def poll_job(self, provider: str, job_id: str) -> str:
     return outcome.value
 
 
-@app.task(name=ADOPT_MAPPINGS_TASK)
+@shared_task(name=ADOPT_MAPPINGS_TASK)
 def adopt_mappings() -> int:
     """Index mappings written directly by other services (plain HSET)."""
     adoption = OrphanPoller(services()).adopt()

@@ -440,8 +440,9 @@ def test_the_scheduled_task_runs_the_check_in_the_worker_and_honours_the_lock(
 
 def test_beat_schedules_the_check_every_interval_and_drops_stale_runs():
     import celeryconfig
+    from webhook_ingest.config import load_settings
 
-    entry = celeryconfig.beat_schedule["check-consistency"]
+    entry = celeryconfig.celery_settings(load_settings())["beat_schedule"]["check-consistency"]
 
     assert entry["task"] == CHECK_TASK
     assert entry["schedule"] == 300

@@ -10,8 +10,8 @@ import redis
 from kombu import Connection
 
 from tests.conftest import TEST_BROKER_URL
+from workers import app as celery_app
 from workers import kombu_redis
-from workers.celery_app import app as celery_app
 
 UNACKED = "unacked"  # kombu's hash of delivered, not yet acknowledged messages
 

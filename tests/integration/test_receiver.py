@@ -26,6 +26,7 @@ from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
 from tests.support import PrivateRedis, Subscriber, body_of, celery_for, signed_headers, wait_for
+from webhook_ingest.handoff import SingleScriptHandoff, ThreeStepHandoff, build_handoff
 from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 from webhook_ingest.web.app import create_app
@@ -65,18 +66,31 @@ def private_redis():
     server.cleanup()
 
 
-def build_app(environ: dict[str, str], broker_url: str):
+def build_app(environ: dict[str, str], broker_url: str, handoff_kind: str = "single_script"):
     services = build_services(environ=environ)
     celery_app = celery_for(broker_url)
-    flask_app = create_app(services, celery_app)
+    handoff = HANDOFFS[handoff_kind](services, celery_app)
+    flask_app = create_app(services, celery_app, handoff)
     flask_app.testing = True
     return flask_app, services, celery_app
 
 
-@pytest.fixture
-def isolated(private_redis):
+# Both ways of making a delivery durable answer every row of the table alike.
+HANDOFFS = {
+    "single_script": lambda services, celery_app: build_handoff(
+        services.settings, services.redis, services.claims, celery_app
+    ),
+    "three_step": lambda services, celery_app: ThreeStepHandoff(services.claims, celery_app),
+}
+
+
+@pytest.fixture(params=HANDOFFS)
+def isolated(private_redis, request):
     environ = dict(os.environ, REDIS_URL=private_redis.url, CELERY_BROKER_URL=private_redis.url)
-    flask_app, services, celery_app = build_app(environ, private_redis.url)
+    flask_app, services, celery_app = build_app(environ, private_redis.url, request.param)
+    # the state's own server is the broker here: the default picks the one-call path
+    expected = SingleScriptHandoff if request.param == "single_script" else ThreeStepHandoff
+    assert type(flask_app.extensions["handoff"]) is expected
     client = redis.Redis.from_url(private_redis.url, decode_responses=True)
     raw = redis.Redis.from_url(private_redis.url)
     client.flushall()

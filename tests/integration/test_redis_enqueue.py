@@ -11,11 +11,10 @@ import pytest
 
 from tests.conftest import REPLICATE_SECRET, TEST_BROKER_URL, TEST_REDIS_URL
 from tests.support import body_of, celery_for, client_for, signed_headers, wait_for
+from webhook_ingest.handoff import SingleScriptHandoff, ThreeStepHandoff, build_handoff
 from webhook_ingest.handoff.claims import PENDING, Claim
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.publish import enqueue
-from webhook_ingest.handoff.single_script import RedisDirectEnqueue
-from webhook_ingest.handoff.three_step import ReceiverQueue
 from webhook_ingest.state import keys
 
 # A queue no worker consumes: the session's worker reads the default one.
@@ -49,16 +48,16 @@ def delivery(n: int = 1) -> Delivery:
 
 def test_it_applies_only_when_the_broker_is_on_the_state_redis_server(broker):
     app, _ = broker
-    assert RedisDirectEnqueue.applies(app, TEST_REDIS_URL)  # other database, same server
+    assert SingleScriptHandoff.applies(app, TEST_REDIS_URL)  # other database, same server
     other_server = celery_for("redis://127.0.0.1:1/0")
-    assert not RedisDirectEnqueue.applies(other_server, TEST_REDIS_URL)
+    assert not SingleScriptHandoff.applies(other_server, TEST_REDIS_URL)
     rabbit = celery_for("amqp://guest:guest@127.0.0.1:5672//")
-    assert not RedisDirectEnqueue.applies(rabbit, TEST_REDIS_URL)
+    assert not SingleScriptHandoff.applies(rabbit, TEST_REDIS_URL)
 
 
 def test_the_message_is_the_one_kombu_writes_for_send_task(services, broker):
     app, reader = broker
-    direct = RedisDirectEnqueue(services.redis, app, TEST_REDIS_URL, 60)
+    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60)
     sample = delivery()
 
     enqueue(app, sample)  # through kombu
@@ -91,7 +90,7 @@ def test_the_message_is_the_one_kombu_writes_for_send_task(services, broker):
 
 def test_claim_and_queue_change_together(services, broker, redis_client):
     app, reader = broker
-    direct = RedisDirectEnqueue(services.redis, app, TEST_REDIS_URL, 60)
+    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60)
     first, second = delivery(1), delivery(2)
     claim_key = keys.delivery_claim("replicate", second.delivery_id)
     redis_client.set(claim_key, PENDING)  # another request is enqueueing it (three-step path)
@@ -109,14 +108,15 @@ def test_claim_and_queue_change_together(services, broker, redis_client):
 def test_the_receiver_uses_one_call_here_and_three_steps_with_another_broker(
     app, services, quiet_broker
 ):
-    assert app.extensions["receiver_queue"].direct is not None
-    assert ReceiverQueue(services, quiet_broker).direct is None  # a separate redis-server
+    assert isinstance(app.extensions["handoff"], SingleScriptHandoff)
+    other = build_handoff(services.settings, services.redis, services.claims, quiet_broker)
+    assert isinstance(other, ThreeStepHandoff)  # a separate redis-server
 
 
 def test_deliveries_through_the_one_call_path_are_applied_by_the_worker(
     client, app, services, worker, redis_client, job_id
 ):
-    assert app.extensions["receiver_queue"].direct is not None
+    assert isinstance(app.extensions["handoff"], SingleScriptHandoff)
     services.jobs.register(job_id, "replicate", "pred-direct")
     body = body_of({"id": "pred-direct", "status": "succeeded", "output": "out.png"})
     headers = signed_headers(REPLICATE_SECRET, body)

@@ -11,11 +11,10 @@ import logging
 
 from celery import Celery
 
+from celeryconfig import INGEST_TASK
 from webhook_ingest.handoff.delivery import Delivery
 
 log = logging.getLogger(__name__)
-
-INGEST_TASK = "webhook_ingest.ingest"
 
 
 class EnqueueFailed(Exception):

@@ -1,4 +1,4 @@
-"""Claim a delivery and put it on the Celery queue in one Redis call.
+"""The hand-off in one Redis call: claim a delivery and put it on the Celery queue.
 
 When the broker is a database of the state Redis server (the default:
 CELERY_BROKER_URL unset means REDIS_URL), the receiver's three round trips —
@@ -30,9 +30,11 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport import resolve_transport
 
+from celeryconfig import INGEST_TASK
+from webhook_ingest.handoff.base import Handoff
 from webhook_ingest.handoff.claims import ENQUEUED, Claim
 from webhook_ingest.handoff.delivery import Delivery
-from webhook_ingest.handoff.publish import INGEST_TASK, argsrepr
+from webhook_ingest.handoff.publish import argsrepr
 from webhook_ingest.state import keys
 
 # KEYS: claim key, queue list. ARGV: message, claim TTL, broker db, state db.
@@ -67,7 +69,7 @@ def _db(url: str) -> int:
     return int(path) if path.isdigit() else 0
 
 
-class RedisDirectEnqueue:
+class SingleScriptHandoff(Handoff):
     """Claim + enqueue + confirm as one script; see the module docstring."""
 
     def __init__(

@@ -101,11 +101,13 @@ def _celery():
     given = click.get_current_context().find_object(Celery)
     if given is not None:
         return given
+    from webhook_ingest.config import load_settings
+    from webhook_ingest.handoff import broker
+
     try:
-        from workers.celery_app import app
+        return broker.celery_app(load_settings())
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    return app
 
 
 def _letter_line(verb: str, letter: dict) -> str:

@@ -8,7 +8,7 @@ from celery import Celery
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhook_ingest.handoff.three_step import ReceiverQueue
+from webhook_ingest.handoff import Handoff, broker, build_handoff
 from webhook_ingest.services import Services, build_services
 from webhook_ingest.web import dead_letter_api, metrics_endpoint, operator_api, receiver
 from webhook_ingest.web.http_errors import register_error_handlers
@@ -17,8 +17,13 @@ from webhook_ingest.web.rate_limit import init_rate_limit
 log = logging.getLogger(__name__)
 
 
-def create_app(services: Services | None = None, celery_app: Celery | None = None) -> Flask:
-    """Both arguments default to the ones the environment describes (tests pass others)."""
+def create_app(
+    services: Services | None = None,
+    celery_app: Celery | None = None,
+    handoff: Handoff | None = None,
+) -> Flask:
+    """Every argument defaults to what the environment describes (tests pass others):
+    the handoff to the one the configuration allows (webhook_ingest.handoff)."""
     services = services or build_services()
     settings = services.settings
 
@@ -33,11 +38,13 @@ def create_app(services: Services | None = None, celery_app: Celery | None = Non
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)
 
     if celery_app is None:
-        from workers.celery_app import app as celery_app  # the receiver only publishes
+        celery_app = broker.celery_app(settings)  # the receiver only publishes
+    if handoff is None:
+        handoff = build_handoff(settings, services.redis, services.claims, celery_app)
 
     app.extensions["webhook_ingest"] = services
     app.extensions["celery"] = celery_app
-    app.extensions["receiver_queue"] = ReceiverQueue(services, celery_app)
+    app.extensions["handoff"] = handoff
     init_rate_limit(app, settings, receiver.blueprint)
     app.register_blueprint(receiver.blueprint)
     app.register_blueprint(operator_api.blueprint)

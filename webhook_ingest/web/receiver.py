@@ -98,7 +98,7 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     )
     started = time.perf_counter()
     try:
-        claim = current_app.extensions["receiver_queue"].accept(delivery)
+        claim = current_app.extensions["handoff"].accept(delivery)
     except EnqueueFailed:
         return _refused(
             label,
