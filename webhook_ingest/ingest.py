@@ -7,7 +7,6 @@ and the benchmark calls it directly as the plain-loop ceiling.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +19,6 @@ from webhook_ingest.state.job_registry import JobNotFound
 from webhook_ingest.state.store import ApplyResult, Outcome
 
 log = logging.getLogger(__name__)
-
-IGNORED_KEY = "webhook_ingest:ignored"  # capped list of deliveries we recorded but did not apply
-IGNORED_KEEP = 1000
 
 
 class IngestOutcome(enum.StrEnum):
@@ -74,17 +70,7 @@ def ingest(delivery: Delivery, services: Services) -> IngestResult:
 
 def _ignored(delivery: Delivery, services: Services, payload: dict, job_id: str | None = None):
     event_type = payload.get("type") if isinstance(payload.get("type"), str) else None
-    record = json.dumps(
-        {
-            "provider": delivery.provider,
-            "delivery_id": delivery.delivery_id,
-            "job_id": job_id,
-            "event_type": event_type,
-            "received_at": delivery.received_at,
-        }
+    services.ignored.record(
+        delivery.provider, delivery.delivery_id, job_id, event_type, delivery.received_at
     )
-    with services.redis.pipeline(transaction=False) as pipe:
-        pipe.lpush(IGNORED_KEY, record)
-        pipe.ltrim(IGNORED_KEY, 0, IGNORED_KEEP - 1)
-        pipe.execute()
     return IngestResult(IngestOutcome.IGNORED, job_id)

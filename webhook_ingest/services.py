@@ -13,6 +13,7 @@ from webhook_ingest.handoff.claims import DeliveryClaims
 from webhook_ingest.operations.dead_letters import DeadLetters
 from webhook_ingest.operations.raw_deliveries import RawDeliveries
 from webhook_ingest.providers import Provider, load_providers
+from webhook_ingest.state.ignored import IgnoredDeliveries
 from webhook_ingest.state.job_registry import JobRegistry
 from webhook_ingest.state.store import StateStore
 
@@ -27,6 +28,7 @@ class Services:
     dead_letters: DeadLetters
     providers: dict[str, Provider]
     raw_deliveries: RawDeliveries
+    ignored: IgnoredDeliveries
 
 
 def build_services(
@@ -47,4 +49,5 @@ def build_services(
         dead_letters=DeadLetters(client, ttl_seconds=settings.dead_letter_ttl_seconds),
         providers=load_providers(settings, environ),
         raw_deliveries=RawDeliveries(client, retention_seconds=settings.raw_retention_seconds),
+        ignored=IgnoredDeliveries(client),
     )

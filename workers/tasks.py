@@ -21,6 +21,7 @@ from webhook_ingest.observability.metrics import (
     RECEIVE_TO_APPLIED_SECONDS,
     UNMATCHED_DELIVERIES,
 )
+from webhook_ingest.operations.adoption import MappingAdoption
 from webhook_ingest.operations.orphan_poller import OrphanPoller
 from webhook_ingest.providers import PayloadError
 from webhook_ingest.providers.http import ProviderError, ProviderUnavailable
@@ -166,7 +167,7 @@ def poll_job(self, provider: str, job_id: str) -> str:
 @shared_task(name=ADOPT_MAPPINGS_TASK)
 def adopt_mappings() -> int:
     """Index mappings written directly by other services (plain HSET)."""
-    adoption = OrphanPoller(services()).adopt()
+    adoption = MappingAdoption(services()).adopt()
     if adoption.adopted:
         log.info("adopted %d job mappings", adoption.adopted)
     return adoption.adopted

@@ -22,6 +22,7 @@ import redis
 
 from tests.conftest import OPENAI_SECRET
 from tests.support import PrivateRedis, body_of, signed_headers, wait_for
+from webhook_ingest.operations.adoption import MappingAdoption
 from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
 from webhook_ingest.providers import PROVIDER_CLASSES
 from webhook_ingest.services import Services, build_services
@@ -41,6 +42,7 @@ PROVIDERS = ("openai", "replicate", "stability")
 class Poller:
     poller: OrphanPoller
     services: Services
+    adoption: MappingAdoption
 
     def take_due(self, now_ms: int) -> dict[str, list[str]]:
         return self.poller.take_due(now_ms=now_ms)
@@ -70,7 +72,7 @@ def make_poller(redis_client, api):
     def make(redis_url: str | None = None, **settings: object) -> Poller:
         services = build_services(environ=settings_env(redis_url, **settings))
         built.append(services)
-        return Poller(OrphanPoller(services), services)
+        return Poller(OrphanPoller(services), services, MappingAdoption(services))
 
     yield make
     for services in built:
@@ -473,7 +475,7 @@ def test_an_hset_mapping_is_adopted_into_the_live_index(times, orphans, redis_cl
         )
     assert live(redis_client, "openai") == {}
 
-    adoption = orphans.poller.adopt()
+    adoption = orphans.adoption.adopt()
 
     assert adoption.adopted == 1
     expected = created if times == "created_at" else last_update
@@ -481,7 +483,7 @@ def test_an_hset_mapping_is_adopted_into_the_live_index(times, orphans, redis_cl
     assert redis_client.get(keys.external_index("openai", external_id)) == job_id
     # Due as any other job once stale; adopting again changes nothing.
     assert orphans.take_due(now_ms=expected + AFTER) == {"openai": [job_id]}
-    assert orphans.poller.adopt().adopted == 0
+    assert orphans.adoption.adopt().adopted == 0
     assert live(redis_client, "openai") == {job_id: expected + INTERVAL}
 
 
@@ -493,7 +495,7 @@ def test_an_adopted_openai_job_is_matched_by_its_webhook(
     hset_mapping(redis_client, job_id, "openai", job.external_id, created_at=1_700_000_000_000)
     assert redis_client.get(keys.external_index("openai", job.external_id)) is None
 
-    orphans.poller.adopt()
+    orphans.adoption.adopt()
     event = {
         "object": "event",
         "id": f"evt_{uuid.uuid4().hex}",
@@ -525,7 +527,7 @@ def test_a_mapping_that_needs_no_polling_is_not_adopted(why, orphans, redis_clie
     if why == "terminal":
         redis_client.hset(keys.job_state(job_id), mapping={"status": "completed", "progress": 100})
 
-    adoption = orphans.poller.adopt()
+    adoption = orphans.adoption.adopt()
 
     assert adoption.adopted == 0
     assert all(not live(redis_client, p) for p in (*PROVIDERS, provider))
@@ -565,7 +567,7 @@ def test_adoption_walks_a_large_keyspace_over_several_ticks(make_poller, private
     per_tick, cursors = [], []
     for _ in range(20):
         store.config_resetstat()
-        adoption = orphans.poller.adopt()
+        adoption = orphans.adoption.adopt()
         scans = store.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
         assert scans <= budget // 1000  # each SCAN examines about 1,000 keys
         per_tick.append(adoption.adopted)
@@ -594,7 +596,7 @@ def test_a_small_adoption_budget_bounds_the_keys_examined_per_tick(make_poller, 
     store = redis.Redis.from_url(private_redis.url, decode_responses=True)
     write_mappings(store, 5000)
 
-    adoption = orphans.poller.adopt()
+    adoption = orphans.adoption.adopt()
 
     print(f"\nbudget {budget}: one tick examined {adoption.scanned}, adopted {adoption.adopted}")
     # SCAN's COUNT is a hint: allow twice the budget, not ten times.

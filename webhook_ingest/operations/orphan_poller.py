@@ -7,8 +7,8 @@ those jobs one interval forward in the same atomic step, so each stale job is
 polled once per interval however many ticks or beats run. The cost of a tick
 grows with the stale jobs it returns, not with the jobs tracked.
 
-Mappings that other services wrote with a plain HSET are adopted into the
-indexes by walking the keyspace incrementally (SCAN, a budget per tick).
+Mappings that other services wrote with a plain HSET enter the indexes through
+webhook_ingest.operations.adoption.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from dataclasses import dataclass
 
 from webhook_ingest.clock import now_ms as _now_ms
 from webhook_ingest.providers import JobRef, PayloadError
@@ -33,7 +32,6 @@ from webhook_ingest.state.store import Outcome, keys
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 3600
-SCAN_BATCH = 1000
 
 _TAKE_DUE_LUA = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -51,13 +49,6 @@ class PollOutcome(enum.StrEnum):
     FORGOTTEN = "forgotten"  # no mapping any more: left the live index
     NOT_FOUND = "not_found"  # the provider no longer knows it: failed
     BACKING_OFF = "backing_off"  # provider error: asked again later
-
-
-@dataclass(frozen=True)
-class Adoption:
-    scanned: int
-    adopted: int
-    cursor: int
 
 
 class OrphanPoller:
@@ -179,51 +170,3 @@ class OrphanPoller:
 
     def _forget_failures(self, job_id: str) -> None:
         self._redis.hdel(keys.POLL_FAILURES, job_id, f"{job_id}:first_404")
-
-    # -- adoption of mappings written by others ----------------------------------
-
-    def adopt(self, budget: int | None = None) -> Adoption:
-        """Walk part of the keyspace for `job_mapping:*` we do not index yet."""
-        budget = budget or self._services.settings.adoption_scan_budget
-        cursor = int(self._redis.get(keys.ADOPTION_CURSOR) or 0)
-        scanned = adopted = 0
-        while scanned < budget:
-            batch = min(SCAN_BATCH, budget - scanned)
-            cursor, names = self._redis.scan(cursor, match="job_mapping:*", count=batch)
-            scanned += batch
-            adopted += self._adopt_batch(names)
-            if cursor == 0:
-                break
-        self._redis.set(keys.ADOPTION_CURSOR, cursor)
-        return Adoption(scanned=scanned, adopted=adopted, cursor=cursor)
-
-    def _adopt_batch(self, names: list[str]) -> int:
-        if not names:
-            return 0
-        job_ids = [name.removeprefix("job_mapping:") for name in names]
-        with self._redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(
-                    keys.job_mapping(job_id),
-                    "provider",
-                    "external_job_id",
-                    "created_at",
-                    "last_webhook_update",
-                )
-                pipe.hget(keys.job_state(job_id), "status")
-            replies = pipe.execute()
-        now = _now_ms()
-        with self._redis.pipeline(transaction=False) as pipe:
-            for index, job_id in enumerate(job_ids):
-                provider, external_id, created_at, last_update = replies[2 * index]
-                status = replies[2 * index + 1]
-                if provider not in self._services.providers or status in TERMINAL_STATUSES:
-                    continue
-                since = next((int(v) for v in (last_update, created_at) if v and v.isdigit()), now)
-                # NX: a job we index already keeps its schedule.
-                pipe.zadd(keys.live_jobs(provider), {job_id: since}, nx=True)
-                if external_id:
-                    pipe.set(keys.external_index(provider, external_id), job_id, nx=True)
-            results = pipe.execute()
-        added_to_live_index = [r for r in results if not isinstance(r, bool | None)]
-        return sum(added_to_live_index)

@@ -75,3 +75,7 @@ RAW_DELIVERIES = "webhook_ingest:raw_deliveries"  # zset "{provider}:{delivery_i
 def raw_delivery(member: str) -> str:
     """A verified delivery kept for RAW_RETENTION_SECONDS; `member` as in RAW_DELIVERIES."""
     return f"webhook_ingest:raw_delivery:{member}"
+
+
+# capped list of deliveries recorded but not applied (state.ignored)
+IGNORED_DELIVERIES = "webhook_ingest:ignored"

@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from webhook_ingest.state import keys
+from webhook_ingest.operations.depths import read_depths
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,7 @@ class RedisGauges:
     def collect(self):
         up = GaugeMetricFamily("webhook_redis_up", "1 if the state Redis answered this scrape.")
         try:
-            with self._services.redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(keys.DEAD_LETTERS)
-                providers = sorted(self._services.providers)
-                for name in providers:
-                    pipe.zcard(keys.live_jobs(name))
-                depth, *tracked = pipe.execute()
+            depths = read_depths(self._services.redis, self._services.providers)
         except redis.RedisError as exc:
             log.warning("metrics: redis unavailable: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -57,14 +52,14 @@ class RedisGauges:
         letters = GaugeMetricFamily(
             "webhook_dead_letter_depth", "Dead letters kept (DEAD_LETTER_TTL_SECONDS)."
         )
-        letters.add_metric([], depth)
+        letters.add_metric([], depths.dead_letters)
         yield letters
         jobs = GaugeMetricFamily(
             "webhook_tracked_jobs",
             "Unfinished jobs the orphan poller watches, by provider.",
             labels=["provider"],
         )
-        for name, count in zip(providers, tracked, strict=True):
+        for name, count in depths.tracked_jobs.items():
             jobs.add_metric([name], count)
         yield jobs
 

@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import Schema, ValidationError, fields, validate
 
+from webhook_ingest.operations import readiness
 from webhook_ingest.state.job_registry import Registration
 from webhook_ingest.state.job_view import job_view
 from webhook_ingest.web.admin_auth import require_admin
@@ -16,8 +17,6 @@ from webhook_ingest.web.receiver import JOB_ID
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("operator", __name__)
-
-READINESS_TIMEOUT_SECONDS = 1.0
 
 
 @blueprint.get("/healthz")
@@ -29,20 +28,9 @@ def healthz():
 @blueprint.get("/readyz")
 def readyz():
     """Ready to accept deliveries: Redis and the broker both answer."""
-    services = current_app.extensions["webhook_ingest"]
-    problems = {}
-    try:
-        services.redis.ping()
-    except Exception as exc:
-        problems["redis"] = type(exc).__name__
-    try:
-        celery_app = current_app.extensions["celery"]
-        with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(
-                max_retries=1, interval_start=0, timeout=READINESS_TIMEOUT_SECONDS
-            )
-    except Exception as exc:
-        problems["broker"] = type(exc).__name__
+    problems = readiness.unavailable(
+        current_app.extensions["webhook_ingest"], current_app.extensions["celery"]
+    )
     if problems:
         return jsonify(status="unavailable", unavailable=problems), 503
     return jsonify(status="ready")
