@@ -16,11 +16,12 @@ from __future__ import annotations
 import enum
 import logging
 import random
-import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+
+from redis.exceptions import LockError
 
 from webhook_ingest.clock import now_ms as _now_ms
 from webhook_ingest.config import CONSISTENCY_SETTLE_SECONDS
@@ -32,13 +33,6 @@ from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import TERMINAL_STATUSES
 
 log = logging.getLogger(__name__)
-
-# Deletes the lock only while it is still ours: a run that outlived its lock must
-# not free the lock of the run that took over.
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Verdict(enum.StrEnum):
@@ -68,7 +62,6 @@ class ConsistencyCheck:
     def __init__(self, services: Services) -> None:
         self._services = services
         self._redis = services.redis
-        self._release = self._redis.register_script(_RELEASE_LUA)
         settings = services.settings
         self.sample_size = settings.consistency_check_sample
         self.window_ms = settings.consistency_check_window_seconds * 1000
@@ -82,14 +75,21 @@ class ConsistencyCheck:
 
     @contextmanager
     def lock(self) -> Iterator[bool]:
-        """Yields whether this process holds the run lock (SET NX EX); released on exit."""
-        token = secrets.token_hex(16)
-        held = bool(self._redis.set(keys.CONSISTENCY_LOCK, token, nx=True, ex=self.lock_seconds))
+        """Yields whether this process holds the run lock; released on exit.
+
+        redis-py's Lock releases only while the lock is still ours: a run that
+        outlived its lock does not free the lock of the run that took over.
+        """
+        lock = self._redis.lock(keys.CONSISTENCY_LOCK, timeout=self.lock_seconds, blocking=False)
+        held = lock.acquire()
         try:
             yield held
         finally:
             if held:
-                self._release(keys=[keys.CONSISTENCY_LOCK], args=[token])
+                try:
+                    lock.release()
+                except LockError:  # expired, maybe taken by the next run: theirs now
+                    log.info("consistency check outlived its lock")
 
     def run(self, now_ms: int | None = None, time_budget_seconds: float | None = None) -> Summary:
         """One run, unless another holds the lock. Stops polling when the budget is spent."""
