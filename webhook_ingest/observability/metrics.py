@@ -5,10 +5,12 @@ unknown provider in a URL is counted as "unknown"), reasons and outcomes are
 fixed strings in the code. Never a job id, delivery id or client address.
 
 Processes: under gunicorn and in a prefork Celery worker each child counts into
-files in `PROMETHEUS_MULTIPROC_DIR` (see webhook_ingest.metrics_exposition,
-scripts/with-metrics-dir.sh); a single process (tests, `flask run`) counts in
+files in `PROMETHEUS_MULTIPROC_DIR` (prepared by observability.multiprocess_dir
+from gunicorn.conf.py and workers.run, summed by web.metrics_endpoint and
+workers.metrics_server); a single process (tests, `flask run`) counts in
 memory. Gauges that describe Redis rather than a process (dead-letter depth,
-tracked jobs) are read from Redis at scrape time instead of being counted.
+tracked jobs) are read from Redis at scrape time (operations.depths) instead of
+being counted.
 """
 
 from __future__ import annotations
