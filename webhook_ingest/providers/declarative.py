@@ -16,7 +16,6 @@ started with the provider's own client and registered through `POST /jobs`,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -487,14 +486,10 @@ def read_document(path: str) -> Any:
         raise ConfigError(f"{PROVIDERS_FILE_VARIABLE}: cannot read {path}: {reason}") from None
     try:
         if suffix == ".json":
-            return json.loads(text, object_pairs_hook=_json_object, parse_constant=_no_constant)
+            return strict_json.loads(text, object_pairs_hook=_json_object)
         return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{PROVIDERS_FILE_VARIABLE}: {path} does not parse: {exc}") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def providers_from_environ(
