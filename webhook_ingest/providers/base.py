@@ -13,7 +13,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 
@@ -26,6 +26,9 @@ from webhook_ingest.verification.tokens import (
     BearerTokenVerifier,
     UrlTokenVerifier,
 )
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 # Checks any provider may add, each from its own variable; all configured must pass.
 _EXTRA_CHECKS = (
@@ -93,9 +96,20 @@ class Provider(WebhookCapableConnector):
     default_base_url: ClassVar[str]
     _session: requests.Session | None = None
 
-    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        *,
+        redis: Redis | None = None,
+    ) -> None:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
+        # The process's client (Services.redis), never one of the provider's own: one
+        # pool per process, one place that sets Redis timeouts. Set before the verifier
+        # is built, which may keep keys there. None: a provider built only to verify or
+        # normalize (a test, a tool), which `redis` refuses to pretend it has.
+        self._redis = redis
         self.verifier = self._build_verifier() if self.supports_webhooks() else None
         self.allowlist = self._build_allowlist()
 
@@ -106,6 +120,16 @@ class Provider(WebhookCapableConnector):
         """Whether `poll_job_status` can ask the provider at all (the consistency check
         samples only such providers)."""
         return True
+
+    @property
+    def redis(self) -> Redis:
+        """The process's Redis client, for what a provider keeps there (poll targets)."""
+        if self._redis is None:
+            raise RuntimeError(
+                f"provider {self.name} was built without a Redis client: "
+                "build providers with load_providers(settings, environ, redis=client)"
+            )
+        return self._redis
 
     # -- the provider's API -----------------------------------------------------
 

@@ -23,7 +23,7 @@ import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import yaml
@@ -59,6 +59,9 @@ from webhook_ingest.verification.tokens import (
     BearerTokenVerifier,
     UrlTokenVerifier,
 )
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 PROVIDERS_FILE_VARIABLE = "WEBHOOK_PROVIDERS_FILE"
 
@@ -493,11 +496,15 @@ def read_document(path: str) -> Any:
 
 
 def providers_from_environ(
-    settings: Settings, environ: Mapping[str, str] | None = None, reserved: Iterable[str] = ()
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    reserved: Iterable[str] = (),
+    redis: Redis | None = None,
 ) -> dict[str, DeclarativeProvider]:
     """The providers of the file in WEBHOOK_PROVIDERS_FILE ({} when unset).
 
-    `reserved`: the built-in providers' names, which a declared one may not take.
+    `reserved`: the built-in providers' names, which a declared one may not take;
+    `redis`: the process's client, as the built-in providers get it.
     """
     env = os.environ if environ is None else environ
     path = env.get(PROVIDERS_FILE_VARIABLE, "").strip()
@@ -510,7 +517,7 @@ def providers_from_environ(
     providers = {}
     for spec in specs:
         try:
-            providers[spec.name] = DeclarativeProvider(spec, settings, environ)
+            providers[spec.name] = DeclarativeProvider(spec, settings, environ, redis=redis)
         except ConfigError as exc:
             raise ConfigError(f"{PROVIDERS_FILE_VARIABLE} ({path}): {spec.where}: {exc}") from None
     return providers
@@ -531,13 +538,18 @@ class DeclarativeProvider(Provider):
     default_base_url = ""
 
     def __init__(
-        self, spec: ProviderSpec, settings: Settings, environ: Mapping[str, str] | None = None
+        self,
+        spec: ProviderSpec,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        *,
+        redis: Redis | None = None,
     ) -> None:
         # Before the base class builds the verifier from them.
         self.spec = spec
         self.name = spec.name
         self.default_base_url = spec.base_url or ""
-        super().__init__(settings, environ)
+        super().__init__(settings, environ, redis=redis)
         if spec.poll is not None:
             self._check_poll(spec.poll)
 

@@ -23,8 +23,7 @@ from urllib.parse import quote
 
 import requests
 
-from webhook_ingest import redis_client
-from webhook_ingest.config import ConfigError, Settings
+from webhook_ingest.config import ConfigError
 from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
@@ -99,13 +98,6 @@ class FalProvider(Provider):
     configuration_hint = "WEBHOOK_JWKS_URL_FAL"
     default_base_url = "https://queue.fal.run"
 
-    def __init__(self, settings: Settings, environ=None) -> None:
-        # Built before the base class builds the verifier, which shares it. No
-        # connection is made until a command runs.
-        self._redis = redis_client.connect(settings.redis_url)
-        self._targets = PollTargets(self._redis)
-        super().__init__(settings, environ)
-
     # -- the provider's API -----------------------------------------------------
 
     @property
@@ -136,7 +128,7 @@ class FalProvider(Provider):
             return None
         keys = JwksCache(
             check_jwks_url(url, variable),
-            self._redis,
+            self._redis,  # the process's client; without one, each process fetches for itself
             self.name,
             ttl_seconds=seconds_setting(
                 self.environ, "WEBHOOK_JWKS_CACHE_SECONDS", DEFAULT_TTL_SECONDS, 60
@@ -190,6 +182,7 @@ class FalProvider(Provider):
             raise ValueError("a fal job's 'input' is an object of the model's arguments")
         if params:
             raise ValueError(f"unknown fal job parameters: {', '.join(sorted(params))}")
+        targets = PollTargets(self.redis)  # before the POST: no Redis, no job started
         answer = http.post_json(
             self.session,
             f"{self.base_url}/{model}",
@@ -197,9 +190,7 @@ class FalProvider(Provider):
             json=arguments,
         )
         request_id = require_str(answer, "request_id")
-        self._targets.remember(
-            self.name, request_id, app_id(model, answer, self.base_url, request_id)
-        )
+        targets.remember(self.name, request_id, app_id(model, answer, self.base_url, request_id))
         return request_id
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
@@ -224,7 +215,7 @@ class FalProvider(Provider):
 
     def _request_url(self, request_id: str) -> str:
         """Raises LookupError when submit did not record the request's app."""
-        app = self._targets.recall(self.name, request_id)
+        app = PollTargets(self.redis).recall(self.name, request_id)
         if not app:
             raise LookupError(f"no fal app recorded for request {request_id}: submit records it")
         return f"{self.base_url}/{app}/requests/{quote(request_id, safe='')}"
