@@ -239,9 +239,47 @@ class Provider(WebhookCapableConnector):
 
     # -- helpers for subclasses -------------------------------------------------
 
+    def update(self, job: JobRef, status: str, *, source: str, **observed: Any) -> JobStateUpdate:
+        """What this provider observed of `job`, as an update (`observed`: the keywords
+        of `job_update`). Every provider states its observations through here."""
+        return job_update(self.name, job, status, source=source, **observed)
+
     def setting(self, suffix: str, default: str | None = None) -> str | None:
         value = self.environ.get(env_name(self.name, suffix=suffix), "").strip()
         return value or default
+
+
+def job_update(
+    provider: str,
+    job: JobRef,
+    status: str,
+    *,
+    source: str,
+    external_job_id: str | None = None,
+    progress: int | None = None,
+    result: Any = None,
+    error_message: str | None = None,
+) -> JobStateUpdate:
+    """A provider's observation of `job` as a JobStateUpdate: the one place the fields
+    every provider shares (our job id, the provider, its id for the job, whether a
+    webhook or a poll said it) are filled in.
+
+    `Provider.update` calls this with its own name; so do the normalizers that are
+    plain functions of a document (openai, replicate, runpod, declarative fields),
+    which the fuzz tests call without building a provider.
+    `external_job_id`: the id the observation names, if it names one (a payload's or
+    an answer's); else the job's registered one.
+    """
+    return JobStateUpdate(
+        job_id=job.job_id,
+        external_job_id=external_job_id or job.external_job_id,
+        status=status,
+        progress=progress,
+        result=result,
+        error_message=error_message,
+        provider=provider,
+        source=source,
+    )
 
 
 def require_str(payload: Mapping[str, Any], *path: str) -> str:

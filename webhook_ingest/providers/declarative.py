@@ -39,6 +39,7 @@ from webhook_ingest.providers.base import (
     Provider,
     WebhookConfig,
     env_name,
+    job_update,
 )
 from webhook_ingest.state.job_update import (
     FAILED,
@@ -132,15 +133,15 @@ class Fields:
         if status is None:
             # Parked, not guessed: the operator extends status_map and replays it.
             raise PayloadError(f"{provider} status {raw_status!r:.40} is not in status_map")
-        return JobStateUpdate(
-            job_id=job.job_id,
+        return job_update(
+            provider,
+            job,
+            status,
+            source=source,
             external_job_id=external_id,
-            status=status,
             progress=self._progress(document),
             result=first(document, self.result)[1],
             error_message=self._error(document, raw_status) if status == FAILED else None,
-            provider=provider,
-            source=source,
         )
 
     def _raw_status(self, document: Any) -> str:

@@ -61,17 +61,6 @@ FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
 
 
-def _update(job: JobRef, request_id: str, status: str, source: str, **fields: Any):
-    return JobStateUpdate(
-        job_id=job.job_id,
-        external_job_id=request_id,
-        status=status,
-        provider=FalProvider.name,
-        source=source,
-        **fields,
-    )
-
-
 def _error_text(answer: dict[str, Any]) -> str:
     error = answer.get("error")
     return str(error) if error else "fal request failed"
@@ -146,17 +135,23 @@ class FalProvider(Provider):
         request_id = self.external_id(payload)
         status = payload.get("status")
         if status == "ERROR":
-            return _update(
-                job, request_id, FAILED, SOURCE_WEBHOOK, error_message=_error_text(payload)
+            return self.update(
+                job,
+                FAILED,
+                source=SOURCE_WEBHOOK,
+                external_job_id=request_id,
+                error_message=_error_text(payload),
             )
         if status != "OK":
             raise PayloadError(f"unknown fal webhook status {status!r:.40}")
         if payload.get("payload") is None and payload.get("payload_error"):
             # fal could not put the result into the webhook; the queue still has it.
-            return _update(
-                job, request_id, COMPLETED, SOURCE_WEBHOOK, result=self._result_or_none(request_id)
-            )
-        return _update(job, request_id, COMPLETED, SOURCE_WEBHOOK, result=payload.get("payload"))
+            result = self._result_or_none(request_id)
+        else:
+            result = payload.get("payload")
+        return self.update(
+            job, COMPLETED, source=SOURCE_WEBHOOK, external_job_id=request_id, result=result
+        )
 
     def _result_or_none(self, request_id: str) -> Any:
         try:
@@ -202,16 +197,16 @@ class FalProvider(Provider):
         status = self._get(f"{url}/status")
         raw = status.get("status")
         if raw == "IN_QUEUE":
-            return _update(job, request_id, PROCESSING, SOURCE_ORPHAN_POLL, progress=0)
+            return self.update(job, PROCESSING, source=SOURCE_ORPHAN_POLL, progress=0)
         if raw == "IN_PROGRESS":
-            return _update(job, request_id, PROCESSING, SOURCE_ORPHAN_POLL)
+            return self.update(job, PROCESSING, source=SOURCE_ORPHAN_POLL)
         if raw != "COMPLETED":
             raise PayloadError(f"unknown fal queue status {raw!r:.40}")
         if status.get("error"):
-            return _update(
-                job, request_id, FAILED, SOURCE_ORPHAN_POLL, error_message=_error_text(status)
+            return self.update(
+                job, FAILED, source=SOURCE_ORPHAN_POLL, error_message=_error_text(status)
             )
-        return _update(job, request_id, COMPLETED, SOURCE_ORPHAN_POLL, result=self._get(url))
+        return self.update(job, COMPLETED, source=SOURCE_ORPHAN_POLL, result=self._get(url))
 
     def _request_url(self, request_id: str) -> str:
         """Raises LookupError when submit did not record the request's app."""

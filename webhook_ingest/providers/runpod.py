@@ -30,6 +30,7 @@ from webhook_ingest.providers.base import (
     Provider,
     WebhookConfig,
     env_name,
+    job_update,
     require_str,
 )
 from webhook_ingest.providers.poll_targets import PollTargets
@@ -70,15 +71,15 @@ def update_from_status(job_status: dict[str, Any], job: JobRef, source: str) -> 
     status, progress, error_message = mapped
     if raw == "FAILED" and job_status.get("error"):
         error_message = str(job_status["error"])
-    return JobStateUpdate(
-        job_id=job.job_id,
+    return job_update(
+        RunPodProvider.name,
+        job,
+        status,
+        source=source,
         external_job_id=external_id,
-        status=status,
         progress=progress,
         result=job_status.get("output") if raw == "COMPLETED" else None,
         error_message=error_message,
-        provider=RunPodProvider.name,
-        source=source,
     )
 
 

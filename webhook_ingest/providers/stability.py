@@ -67,20 +67,12 @@ class StabilityProvider(Provider):
             self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
         )
         if status == 202:
-            return self._update(job, PROCESSING)
+            return self.update(job, PROCESSING, source=SOURCE_ORPHAN_POLL)
         finish_reason = body.get("finish_reason")
         if finish_reason == "SUCCESS":
-            return self._update(job, COMPLETED, result=body)
+            return self.update(job, COMPLETED, source=SOURCE_ORPHAN_POLL, result=body)
         if finish_reason == "CONTENT_FILTERED":
-            return self._update(job, FAILED, error_message="content filtered")
+            return self.update(
+                job, FAILED, source=SOURCE_ORPHAN_POLL, error_message="content filtered"
+            )
         raise PayloadError(f"unknown Stability finish_reason {finish_reason!r:.40}")
-
-    def _update(self, job: JobRef, status: str, **fields: Any) -> JobStateUpdate:
-        return JobStateUpdate(
-            job_id=job.job_id,
-            external_job_id=job.external_job_id,
-            status=status,
-            provider=self.name,
-            source=SOURCE_ORPHAN_POLL,
-            **fields,
-        )
