@@ -255,6 +255,7 @@ def job_update(
     status: str,
     *,
     source: str,
+    provider_status: str | None,
     external_job_id: str | None = None,
     progress: int | None = None,
     result: Any = None,
@@ -267,8 +268,10 @@ def job_update(
     `Provider.update` calls this with its own name; so do the normalizers that are
     plain functions of a document (openai, replicate, runpod, declarative fields),
     which the fuzz tests call without building a provider.
-    `external_job_id`: the id the observation names, if it names one (a payload's or
-    an answer's); else the job's registered one.
+    `provider_status`: the provider's own word for the status (None if it gave
+    none), which the job's events keep beside ours. `external_job_id`: the id the
+    observation names, if it names one (a payload's or an answer's); else the job's
+    registered one.
     """
     return JobStateUpdate(
         job_id=job.job_id,
@@ -279,6 +282,7 @@ def job_update(
         error_message=error_message,
         provider=provider,
         source=source,
+        provider_status=provider_status,
     )
 
 

@@ -138,6 +138,7 @@ class Fields:
             job,
             status,
             source=source,
+            provider_status=raw_status,
             external_job_id=external_id,
             progress=self._progress(document),
             result=first(document, self.result)[1],

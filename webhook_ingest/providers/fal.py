@@ -135,22 +135,21 @@ class FalProvider(Provider):
         request_id = self.external_id(payload)
         status = payload.get("status")
         if status == "ERROR":
-            return self.update(
-                job,
-                FAILED,
-                source=SOURCE_WEBHOOK,
-                external_job_id=request_id,
-                error_message=_error_text(payload),
-            )
-        if status != "OK":
+            state, observed = FAILED, {"error_message": _error_text(payload)}
+        elif status != "OK":
             raise PayloadError(f"unknown fal webhook status {status!r:.40}")
-        if payload.get("payload") is None and payload.get("payload_error"):
+        elif payload.get("payload") is None and payload.get("payload_error"):
             # fal could not put the result into the webhook; the queue still has it.
-            result = self._result_or_none(request_id)
+            state, observed = COMPLETED, {"result": self._result_or_none(request_id)}
         else:
-            result = payload.get("payload")
+            state, observed = COMPLETED, {"result": payload.get("payload")}
         return self.update(
-            job, COMPLETED, source=SOURCE_WEBHOOK, external_job_id=request_id, result=result
+            job,
+            state,
+            source=SOURCE_WEBHOOK,
+            provider_status=status,
+            external_job_id=request_id,
+            **observed,
         )
 
     def _result_or_none(self, request_id: str) -> Any:
@@ -197,16 +196,16 @@ class FalProvider(Provider):
         status = self._get(f"{url}/status")
         raw = status.get("status")
         if raw == "IN_QUEUE":
-            return self.update(job, PROCESSING, source=SOURCE_ORPHAN_POLL, progress=0)
-        if raw == "IN_PROGRESS":
-            return self.update(job, PROCESSING, source=SOURCE_ORPHAN_POLL)
-        if raw != "COMPLETED":
+            state, observed = PROCESSING, {"progress": 0}
+        elif raw == "IN_PROGRESS":
+            state, observed = PROCESSING, {}
+        elif raw != "COMPLETED":
             raise PayloadError(f"unknown fal queue status {raw!r:.40}")
-        if status.get("error"):
-            return self.update(
-                job, FAILED, source=SOURCE_ORPHAN_POLL, error_message=_error_text(status)
-            )
-        return self.update(job, COMPLETED, source=SOURCE_ORPHAN_POLL, result=self._get(url))
+        elif status.get("error"):
+            state, observed = FAILED, {"error_message": _error_text(status)}
+        else:
+            state, observed = COMPLETED, {"result": self._get(url)}
+        return self.update(job, state, source=SOURCE_ORPHAN_POLL, provider_status=raw, **observed)
 
     def _request_url(self, request_id: str) -> str:
         """Raises LookupError when submit did not record the request's app."""

@@ -90,6 +90,7 @@ def update_from_response(response: dict[str, Any], job: JobRef, source: str) -> 
         job,
         state,
         source=source,
+        provider_status=status,
         external_job_id=external_id,
         progress=progress,
         result=result,
@@ -134,6 +135,7 @@ class OpenAIProvider(Provider):
             job,
             status,
             source=SOURCE_WEBHOOK,
+            provider_status=event_type,  # the event is all the provider said
             external_job_id=object_id,
             error_message=error_message,
         )

@@ -85,6 +85,7 @@ def update_from_prediction(prediction: dict[str, Any], job: JobRef, source: str)
         job,
         status,
         source=source,
+        provider_status=raw_status,
         external_job_id=external_id,
         progress=progress,
         result=result,

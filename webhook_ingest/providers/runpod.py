@@ -76,6 +76,7 @@ def update_from_status(job_status: dict[str, Any], job: JobRef, source: str) -> 
         job,
         status,
         source=source,
+        provider_status=raw,
         external_job_id=external_id,
         progress=progress,
         result=job_status.get("output") if raw == "COMPLETED" else None,

@@ -66,13 +66,17 @@ class StabilityProvider(Provider):
         status, body = http.get_json(
             self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
         )
-        if status == 202:
-            return self.update(job, PROCESSING, source=SOURCE_ORPHAN_POLL)
-        finish_reason = body.get("finish_reason")
-        if finish_reason == "SUCCESS":
-            return self.update(job, COMPLETED, source=SOURCE_ORPHAN_POLL, result=body)
-        if finish_reason == "CONTENT_FILTERED":
-            return self.update(
-                job, FAILED, source=SOURCE_ORPHAN_POLL, error_message="content filtered"
-            )
-        raise PayloadError(f"unknown Stability finish_reason {finish_reason!r:.40}")
+        # Its own word for how the job stands: the status while running, then the reason.
+        said = body.get("status") if status == 202 else body.get("finish_reason")
+        if status == 202:  # {"id", "status": "in-progress"}
+            state, observed = PROCESSING, {}
+        elif said == "SUCCESS":
+            state, observed = COMPLETED, {"result": body}
+        elif said == "CONTENT_FILTERED":
+            state, observed = FAILED, {"error_message": "content filtered"}
+        else:
+            raise PayloadError(f"unknown Stability finish_reason {said!r:.40}")
+        provider_status = said if isinstance(said, str) else None
+        return self.update(
+            job, state, source=SOURCE_ORPHAN_POLL, provider_status=provider_status, **observed
+        )
