@@ -241,7 +241,7 @@ class Provider(WebhookCapableConnector):
 
     def update(self, job: JobRef, status: str, *, source: str, **observed: Any) -> JobStateUpdate:
         """What this provider observed of `job`, as an update (`observed`: the keywords
-        of `job_update`). Every provider states its observations through here."""
+        of `job_update`, which normalizers that are plain functions call directly)."""
         return job_update(self.name, job, status, source=source, **observed)
 
     def setting(self, suffix: str, default: str | None = None) -> str | None:
