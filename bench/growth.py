@@ -86,7 +86,7 @@ def measure(bench, run: int) -> dict:
     return {
         "ticks": {str(size): tick for size, tick in ticks.items()},
         "tick_ratio": tick_ratio,
-        "providers_per_tick": len(poller.pollable_providers),
+        "providers_per_tick": len(poller.providers_scanned_per_tick),
         "bytes_per_tracked_job": per_job,
         **memory,
         "registration": "pipelined product script" if registrar.pipelined else "register()",

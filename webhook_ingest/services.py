@@ -47,7 +47,7 @@ def build_services(
         jobs=JobRegistry(client),
         claims=DeliveryClaims(client, ttl_seconds=settings.dedup_ttl_seconds),
         dead_letters=DeadLetters(client, ttl_seconds=settings.dead_letter_ttl_seconds),
-        providers=load_providers(settings, environ),
+        providers=load_providers(settings, environ, redis=client),
         raw_deliveries=RawDeliveries(client, retention_seconds=settings.raw_retention_seconds),
         ignored=IgnoredDeliveries(client),
     )

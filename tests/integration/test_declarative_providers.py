@@ -928,3 +928,24 @@ def test_a_github_delivery_reaches_job_state_through_a_real_worker(
     assert "not in status_map" in letter["error"]
     assert letter["job_id"] == ""  # the project URL: the job was found from the run id
     assert GITHUB_SECRET not in (tmp_path / "worker.log").read_text()
+
+
+# -- JSON files are strict JSON (strict_json, as deliveries are) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"providers": [{"progress_scale": NaN}]}', "NaN is not JSON"),
+        ('{"providers": [{"progress_scale": -Infinity}]}', "-Infinity is not JSON"),
+        ('{"providers": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ],
+    ids=["nan", "infinity", "deeply-nested"],
+)
+def test_a_json_file_python_alone_would_take_is_a_config_error(tmp_path, content, expected):
+    path = write(tmp_path, content, "providers.json")
+
+    with pytest.raises(ConfigError, match="does not parse") as caught:
+        providers_of(environ_for(path))
+
+    assert expected in str(caught.value)

@@ -240,7 +240,15 @@ def test_get_job_shows_mapping_state_and_the_newest_events(
     assert events[0]["delivery_id"] == last
     assert (events[0]["status"], events[0]["outcome"]) == ("completed", "applied")
     assert [e["progress"] for e in events[1:]] == list(range(60, 15, -5))
-    assert set(events[0]) == {"at", "source", "delivery_id", "status", "progress", "outcome"}
+    assert set(events[0]) == {
+        "at",
+        "source",
+        "delivery_id",
+        "status",
+        "provider_status",
+        "progress",
+        "outcome",
+    }
 
 
 def test_get_unknown_job_is_404_json(client, admin_headers, job_id):

@@ -70,7 +70,9 @@ class ConsistencyCheck:
         self.lock_seconds = settings.consistency_check_interval_seconds
 
     @property
-    def pollable_providers(self) -> list[str]:
+    def providers_that_can_poll(self) -> list[str]:
+        """Providers whose `poll_job_status` can ask about a job at all: only their
+        finished jobs can be compared (a declarative provider may have no poll)."""
         return sorted(name for name, p in self._services.providers.items() if p.can_poll())
 
     @contextmanager
@@ -139,7 +141,7 @@ class ConsistencyCheck:
         """(provider, job_id) of pollable jobs finished within the window and settled."""
         oldest, newest = now_ms - self.window_ms, now_ms - self.settle_ms
         found = []
-        for provider in self.pollable_providers:
+        for provider in self.providers_that_can_poll:
             job_ids = self._redis.zrangebyscore(keys.finished_jobs(provider), oldest, newest)
             found.extend((provider, job_id) for job_id in job_ids)
         return found

@@ -67,7 +67,10 @@ class OrphanPoller:
         )
 
     @property
-    def pollable_providers(self) -> list[str]:
+    def providers_scanned_per_tick(self) -> list[str]:
+        """Every configured provider: each has a live index, read every tick up to its
+        own poll budget, whether or not it can poll (a job of one that cannot backs
+        off on each ProviderError and is left to its webhook)."""
         return sorted(self._services.providers)
 
     # -- the tick ---------------------------------------------------------------
@@ -79,7 +82,7 @@ class OrphanPoller:
         # Due again after one interval unless an update arrives meanwhile.
         next_score = cutoff + self.interval_ms
         due = {}
-        for provider in self.pollable_providers:
+        for provider in self.providers_scanned_per_tick:
             ids = self._take_due(
                 keys=[keys.live_jobs(provider)], args=[cutoff, self.polls_per_tick, next_score]
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from webhook_ingest.config import Settings
 from webhook_ingest.providers.base import (
@@ -19,6 +20,9 @@ from webhook_ingest.providers.replicate import ReplicateProvider
 from webhook_ingest.providers.runpod import RunPodProvider
 from webhook_ingest.providers.stability import StabilityProvider
 
+if TYPE_CHECKING:
+    from redis import Redis
+
 PROVIDER_CLASSES: dict[str, type[Provider]] = {
     OpenAIProvider.name: OpenAIProvider,
     ReplicateProvider.name: ReplicateProvider,
@@ -29,14 +33,21 @@ PROVIDER_CLASSES: dict[str, type[Provider]] = {
 
 
 def load_providers(
-    settings: Settings, environ: Mapping[str, str] | None = None
+    settings: Settings, environ: Mapping[str, str] | None = None, redis: Redis | None = None
 ) -> dict[str, Provider]:
     """Every known provider, configured from the environment (ConfigError if invalid):
-    the built-in classes, then those declared in WEBHOOK_PROVIDERS_FILE, if set."""
+    the built-in classes, then those declared in WEBHOOK_PROVIDERS_FILE, if set.
+
+    `redis`: the process's client, shared by every provider (see Provider.redis).
+    """
     from webhook_ingest.providers.declarative import providers_from_environ
 
-    providers = {name: cls(settings, environ) for name, cls in PROVIDER_CLASSES.items()}
-    providers.update(providers_from_environ(settings, environ, reserved=PROVIDER_CLASSES))
+    providers = {
+        name: cls(settings, environ, redis=redis) for name, cls in PROVIDER_CLASSES.items()
+    }
+    providers.update(
+        providers_from_environ(settings, environ, reserved=PROVIDER_CLASSES, redis=redis)
+    )
     return providers
 
 

@@ -13,7 +13,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 
@@ -26,6 +26,9 @@ from webhook_ingest.verification.tokens import (
     BearerTokenVerifier,
     UrlTokenVerifier,
 )
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 # Checks any provider may add, each from its own variable; all configured must pass.
 _EXTRA_CHECKS = (
@@ -93,9 +96,20 @@ class Provider(WebhookCapableConnector):
     default_base_url: ClassVar[str]
     _session: requests.Session | None = None
 
-    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        *,
+        redis: Redis | None = None,
+    ) -> None:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
+        # The process's client (Services.redis), never one of the provider's own: one
+        # pool per process, one place that sets Redis timeouts. Set before the verifier
+        # is built, which may keep keys there. None: a provider built only to verify or
+        # normalize (a test, a tool), which `redis` refuses to pretend it has.
+        self._redis = redis
         self.verifier = self._build_verifier() if self.supports_webhooks() else None
         self.allowlist = self._build_allowlist()
 
@@ -106,6 +120,16 @@ class Provider(WebhookCapableConnector):
         """Whether `poll_job_status` can ask the provider at all (the consistency check
         samples only such providers)."""
         return True
+
+    @property
+    def redis(self) -> Redis:
+        """The process's Redis client, for what a provider keeps there (poll targets)."""
+        if self._redis is None:
+            raise RuntimeError(
+                f"provider {self.name} was built without a Redis client: "
+                "build providers with load_providers(settings, environ, redis=client)"
+            )
+        return self._redis
 
     # -- the provider's API -----------------------------------------------------
 
@@ -215,9 +239,51 @@ class Provider(WebhookCapableConnector):
 
     # -- helpers for subclasses -------------------------------------------------
 
+    def update(self, job: JobRef, status: str, *, source: str, **observed: Any) -> JobStateUpdate:
+        """What this provider observed of `job`, as an update (`observed`: the keywords
+        of `job_update`, which normalizers that are plain functions call directly)."""
+        return job_update(self.name, job, status, source=source, **observed)
+
     def setting(self, suffix: str, default: str | None = None) -> str | None:
         value = self.environ.get(env_name(self.name, suffix=suffix), "").strip()
         return value or default
+
+
+def job_update(
+    provider: str,
+    job: JobRef,
+    status: str,
+    *,
+    source: str,
+    provider_status: str | None,
+    external_job_id: str | None = None,
+    progress: int | None = None,
+    result: Any = None,
+    error_message: str | None = None,
+) -> JobStateUpdate:
+    """A provider's observation of `job` as a JobStateUpdate: the one place the fields
+    every provider shares (our job id, the provider, its id for the job, whether a
+    webhook or a poll said it) are filled in.
+
+    `Provider.update` calls this with its own name; so do the normalizers that are
+    plain functions of a document (openai, replicate, runpod, declarative fields),
+    which the fuzz tests call without building a provider.
+    `provider_status`: the provider's own word for the status (None if it gave
+    none), which the job's events keep beside ours. `external_job_id`: the id the
+    observation names, if it names one (a payload's or an answer's); else the job's
+    registered one.
+    """
+    return JobStateUpdate(
+        job_id=job.job_id,
+        external_job_id=external_job_id or job.external_job_id,
+        status=status,
+        progress=progress,
+        result=result,
+        error_message=error_message,
+        provider=provider,
+        source=source,
+        provider_status=provider_status,
+    )
 
 
 def require_str(payload: Mapping[str, Any], *path: str) -> str:

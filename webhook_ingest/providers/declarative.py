@@ -16,7 +16,6 @@ started with the provider's own client and registered through `POST /jobs`,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -24,7 +23,7 @@ import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import yaml
@@ -40,6 +39,7 @@ from webhook_ingest.providers.base import (
     Provider,
     WebhookConfig,
     env_name,
+    job_update,
 )
 from webhook_ingest.state.job_update import (
     FAILED,
@@ -60,6 +60,9 @@ from webhook_ingest.verification.tokens import (
     BearerTokenVerifier,
     UrlTokenVerifier,
 )
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 PROVIDERS_FILE_VARIABLE = "WEBHOOK_PROVIDERS_FILE"
 
@@ -130,15 +133,16 @@ class Fields:
         if status is None:
             # Parked, not guessed: the operator extends status_map and replays it.
             raise PayloadError(f"{provider} status {raw_status!r:.40} is not in status_map")
-        return JobStateUpdate(
-            job_id=job.job_id,
+        return job_update(
+            provider,
+            job,
+            status,
+            source=source,
+            provider_status=raw_status,
             external_job_id=external_id,
-            status=status,
             progress=self._progress(document),
             result=first(document, self.result)[1],
             error_message=self._error(document, raw_status) if status == FAILED else None,
-            provider=provider,
-            source=source,
         )
 
     def _raw_status(self, document: Any) -> str:
@@ -487,22 +491,22 @@ def read_document(path: str) -> Any:
         raise ConfigError(f"{PROVIDERS_FILE_VARIABLE}: cannot read {path}: {reason}") from None
     try:
         if suffix == ".json":
-            return json.loads(text, object_pairs_hook=_json_object, parse_constant=_no_constant)
+            return strict_json.loads(text, object_pairs_hook=_json_object)
         return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{PROVIDERS_FILE_VARIABLE}: {path} does not parse: {exc}") from None
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def providers_from_environ(
-    settings: Settings, environ: Mapping[str, str] | None = None, reserved: Iterable[str] = ()
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    reserved: Iterable[str] = (),
+    redis: Redis | None = None,
 ) -> dict[str, DeclarativeProvider]:
     """The providers of the file in WEBHOOK_PROVIDERS_FILE ({} when unset).
 
-    `reserved`: the built-in providers' names, which a declared one may not take.
+    `reserved`: the built-in providers' names, which a declared one may not take;
+    `redis`: the process's client, as the built-in providers get it.
     """
     env = os.environ if environ is None else environ
     path = env.get(PROVIDERS_FILE_VARIABLE, "").strip()
@@ -515,7 +519,7 @@ def providers_from_environ(
     providers = {}
     for spec in specs:
         try:
-            providers[spec.name] = DeclarativeProvider(spec, settings, environ)
+            providers[spec.name] = DeclarativeProvider(spec, settings, environ, redis=redis)
         except ConfigError as exc:
             raise ConfigError(f"{PROVIDERS_FILE_VARIABLE} ({path}): {spec.where}: {exc}") from None
     return providers
@@ -536,13 +540,18 @@ class DeclarativeProvider(Provider):
     default_base_url = ""
 
     def __init__(
-        self, spec: ProviderSpec, settings: Settings, environ: Mapping[str, str] | None = None
+        self,
+        spec: ProviderSpec,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        *,
+        redis: Redis | None = None,
     ) -> None:
         # Before the base class builds the verifier from them.
         self.spec = spec
         self.name = spec.name
         self.default_base_url = spec.base_url or ""
-        super().__init__(settings, environ)
+        super().__init__(settings, environ, redis=redis)
         if spec.poll is not None:
             self._check_poll(spec.poll)
 

@@ -23,8 +23,7 @@ from urllib.parse import quote
 
 import requests
 
-from webhook_ingest import redis_client
-from webhook_ingest.config import ConfigError, Settings
+from webhook_ingest.config import ConfigError
 from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
@@ -62,17 +61,6 @@ FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
 
 
-def _update(job: JobRef, request_id: str, status: str, source: str, **fields: Any):
-    return JobStateUpdate(
-        job_id=job.job_id,
-        external_job_id=request_id,
-        status=status,
-        provider=FalProvider.name,
-        source=source,
-        **fields,
-    )
-
-
 def _error_text(answer: dict[str, Any]) -> str:
     error = answer.get("error")
     return str(error) if error else "fal request failed"
@@ -98,13 +86,6 @@ class FalProvider(Provider):
     name = "fal"
     configuration_hint = "WEBHOOK_JWKS_URL_FAL"
     default_base_url = "https://queue.fal.run"
-
-    def __init__(self, settings: Settings, environ=None) -> None:
-        # Built before the base class builds the verifier, which shares it. No
-        # connection is made until a command runs.
-        self._redis = redis_client.connect(settings.redis_url)
-        self._targets = PollTargets(self._redis)
-        super().__init__(settings, environ)
 
     # -- the provider's API -----------------------------------------------------
 
@@ -136,7 +117,7 @@ class FalProvider(Provider):
             return None
         keys = JwksCache(
             check_jwks_url(url, variable),
-            self._redis,
+            self._redis,  # the process's client; without one, each process fetches for itself
             self.name,
             ttl_seconds=seconds_setting(
                 self.environ, "WEBHOOK_JWKS_CACHE_SECONDS", DEFAULT_TTL_SECONDS, 60
@@ -154,17 +135,22 @@ class FalProvider(Provider):
         request_id = self.external_id(payload)
         status = payload.get("status")
         if status == "ERROR":
-            return _update(
-                job, request_id, FAILED, SOURCE_WEBHOOK, error_message=_error_text(payload)
-            )
-        if status != "OK":
+            state, observed = FAILED, {"error_message": _error_text(payload)}
+        elif status != "OK":
             raise PayloadError(f"unknown fal webhook status {status!r:.40}")
-        if payload.get("payload") is None and payload.get("payload_error"):
+        elif payload.get("payload") is None and payload.get("payload_error"):
             # fal could not put the result into the webhook; the queue still has it.
-            return _update(
-                job, request_id, COMPLETED, SOURCE_WEBHOOK, result=self._result_or_none(request_id)
-            )
-        return _update(job, request_id, COMPLETED, SOURCE_WEBHOOK, result=payload.get("payload"))
+            state, observed = COMPLETED, {"result": self._result_or_none(request_id)}
+        else:
+            state, observed = COMPLETED, {"result": payload.get("payload")}
+        return self.update(
+            job,
+            state,
+            source=SOURCE_WEBHOOK,
+            provider_status=status,
+            external_job_id=request_id,
+            **observed,
+        )
 
     def _result_or_none(self, request_id: str) -> Any:
         try:
@@ -190,6 +176,7 @@ class FalProvider(Provider):
             raise ValueError("a fal job's 'input' is an object of the model's arguments")
         if params:
             raise ValueError(f"unknown fal job parameters: {', '.join(sorted(params))}")
+        targets = PollTargets(self.redis)  # before the POST: no Redis, no job started
         answer = http.post_json(
             self.session,
             f"{self.base_url}/{model}",
@@ -197,9 +184,7 @@ class FalProvider(Provider):
             json=arguments,
         )
         request_id = require_str(answer, "request_id")
-        self._targets.remember(
-            self.name, request_id, app_id(model, answer, self.base_url, request_id)
-        )
+        targets.remember(self.name, request_id, app_id(model, answer, self.base_url, request_id))
         return request_id
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
@@ -211,20 +196,20 @@ class FalProvider(Provider):
         status = self._get(f"{url}/status")
         raw = status.get("status")
         if raw == "IN_QUEUE":
-            return _update(job, request_id, PROCESSING, SOURCE_ORPHAN_POLL, progress=0)
-        if raw == "IN_PROGRESS":
-            return _update(job, request_id, PROCESSING, SOURCE_ORPHAN_POLL)
-        if raw != "COMPLETED":
+            state, observed = PROCESSING, {"progress": 0}
+        elif raw == "IN_PROGRESS":
+            state, observed = PROCESSING, {}
+        elif raw != "COMPLETED":
             raise PayloadError(f"unknown fal queue status {raw!r:.40}")
-        if status.get("error"):
-            return _update(
-                job, request_id, FAILED, SOURCE_ORPHAN_POLL, error_message=_error_text(status)
-            )
-        return _update(job, request_id, COMPLETED, SOURCE_ORPHAN_POLL, result=self._get(url))
+        elif status.get("error"):
+            state, observed = FAILED, {"error_message": _error_text(status)}
+        else:
+            state, observed = COMPLETED, {"result": self._get(url)}
+        return self.update(job, state, source=SOURCE_ORPHAN_POLL, provider_status=raw, **observed)
 
     def _request_url(self, request_id: str) -> str:
         """Raises LookupError when submit did not record the request's app."""
-        app = self._targets.recall(self.name, request_id)
+        app = PollTargets(self.redis).recall(self.name, request_id)
         if not app:
             raise LookupError(f"no fal app recorded for request {request_id}: submit records it")
         return f"{self.base_url}/{app}/requests/{quote(request_id, safe='')}"

@@ -11,12 +11,9 @@ and the task retries later with a countdown.
 
 from __future__ import annotations
 
-import email.utils
-import time
-from datetime import UTC
-
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from webhook_ingest import strict_json
@@ -25,6 +22,8 @@ from webhook_ingest.observability.metrics import PROVIDER_API_ERRORS
 CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# Only for its Retry-After parser, the one requests already relies on.
+_RETRY_AFTER_PARSER = Retry(0)
 
 
 class ProviderError(Exception):
@@ -148,18 +147,13 @@ def _checked_json(session: requests.Session, response: requests.Response) -> dic
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    """Retry-After in seconds, from either of its forms (RFC 9110): seconds or an HTTP date."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
+    """Retry-After in seconds, from either of its forms (RFC 9110): delay-seconds or an
+    HTTP date (one in the past is 0). None when absent or not of those forms; urllib3
+    also caps it at its retry_after_max (6 hours)."""
+    value = response.headers.get("Retry-After")
+    if value is None:
         return None
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return float(_RETRY_AFTER_PARSER.parse_retry_after(value))
+    except (InvalidHeader, ValueError, OverflowError):  # e.g. year 99999, 5000 digits
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, moment.timestamp() - time.time())

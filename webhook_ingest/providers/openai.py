@@ -18,6 +18,7 @@ from webhook_ingest.providers.base import (
     PayloadError,
     Provider,
     WebhookConfig,
+    job_update,
     require_str,
 )
 from webhook_ingest.state.job_update import (
@@ -84,15 +85,16 @@ def update_from_response(response: dict[str, Any], job: JobRef, source: str) -> 
         state, error_message = FAILED, f"incomplete: {reason}" if reason else "incomplete"
     else:
         raise PayloadError(f"unknown OpenAI response status {status!r:.40}")
-    return JobStateUpdate(
-        job_id=job.job_id,
+    return job_update(
+        OpenAIProvider.name,
+        job,
+        state,
+        source=source,
+        provider_status=status,
         external_job_id=external_id,
-        status=state,
         progress=progress,
         result=result,
         error_message=error_message,
-        provider=OpenAIProvider.name,
-        source=source,
     )
 
 
@@ -129,13 +131,13 @@ class OpenAIProvider(Provider):
         if event_type not in _EVENT_STATUS:
             return None  # recorded by the caller, not an error: OpenAI adds event types
         status, error_message = _EVENT_STATUS[event_type]
-        return JobStateUpdate(
-            job_id=job.job_id,
-            external_job_id=object_id,
-            status=status,
-            error_message=error_message,
-            provider=self.name,
+        return self.update(
+            job,
+            status,
             source=SOURCE_WEBHOOK,
+            provider_status=event_type,  # the event is all the provider said
+            external_job_id=object_id,
+            error_message=error_message,
         )
 
     # -- connector --------------------------------------------------------------

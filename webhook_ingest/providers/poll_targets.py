@@ -14,14 +14,12 @@ import logging
 
 import redis
 
+from webhook_ingest.state import keys
+
 log = logging.getLogger(__name__)
 
 # Longer than any job runs plus the poller's backoff; providers forget results sooner.
 TTL_SECONDS = 7 * 24 * 3600
-
-
-def key(provider: str, external_id: str) -> str:
-    return f"webhook_ingest:poll_target:{provider}:{external_id}"
 
 
 class PollTargets:
@@ -32,7 +30,7 @@ class PollTargets:
         """Best effort: the job already runs at the provider, and losing its mapping
         (an exception here) would be worse than losing the orphan poll."""
         try:
-            self._redis.set(key(provider, external_id), target, ex=TTL_SECONDS)
+            self._redis.set(keys.poll_target(provider, external_id), target, ex=TTL_SECONDS)
         except redis.RedisError:
             log.error(
                 "could not record where to poll a job; it can be recovered by webhook only",
@@ -40,4 +38,4 @@ class PollTargets:
             )
 
     def recall(self, provider: str, external_id: str) -> str | None:
-        return self._redis.get(key(provider, external_id))
+        return self._redis.get(keys.poll_target(provider, external_id))

@@ -19,6 +19,7 @@ from webhook_ingest.providers.base import (
     PayloadError,
     Provider,
     WebhookConfig,
+    job_update,
     require_str,
 )
 from webhook_ingest.state.job_update import (
@@ -79,15 +80,16 @@ def update_from_prediction(prediction: dict[str, Any], job: JobRef, source: str)
     if prediction.get("output") is not None:
         result = prediction["output"]
 
-    return JobStateUpdate(
-        job_id=job.job_id,
+    return job_update(
+        ReplicateProvider.name,
+        job,
+        status,
+        source=source,
+        provider_status=raw_status,
         external_job_id=external_id,
-        status=status,
         progress=progress,
         result=result,
         error_message=error_message,
-        provider=ReplicateProvider.name,
-        source=source,
     )
 
 

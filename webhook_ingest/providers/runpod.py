@@ -17,10 +17,10 @@ submits without one and for polling jobs that others registered.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from webhook_ingest import redis_client
 from webhook_ingest.config import ConfigError, Settings
 from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
@@ -30,6 +30,7 @@ from webhook_ingest.providers.base import (
     Provider,
     WebhookConfig,
     env_name,
+    job_update,
     require_str,
 )
 from webhook_ingest.providers.poll_targets import PollTargets
@@ -41,6 +42,9 @@ from webhook_ingest.state.job_update import (
     SOURCE_WEBHOOK,
     JobStateUpdate,
 )
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # Unreserved URL characters: the token is a path segment, sent and matched as is.
@@ -67,15 +71,16 @@ def update_from_status(job_status: dict[str, Any], job: JobRef, source: str) -> 
     status, progress, error_message = mapped
     if raw == "FAILED" and job_status.get("error"):
         error_message = str(job_status["error"])
-    return JobStateUpdate(
-        job_id=job.job_id,
+    return job_update(
+        RunPodProvider.name,
+        job,
+        status,
+        source=source,
+        provider_status=raw,
         external_job_id=external_id,
-        status=status,
         progress=progress,
         result=job_status.get("output") if raw == "COMPLETED" else None,
         error_message=error_message,
-        provider=RunPodProvider.name,
-        source=source,
     )
 
 
@@ -84,9 +89,14 @@ class RunPodProvider(Provider):
     configuration_hint = "WEBHOOK_URL_TOKEN_RUNPOD"
     default_base_url = "https://api.runpod.ai/v2"
 
-    def __init__(self, settings: Settings, environ=None) -> None:
-        self._targets = PollTargets(redis_client.connect(settings.redis_url))
-        super().__init__(settings, environ)
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        *,
+        redis: Redis | None = None,
+    ) -> None:
+        super().__init__(settings, environ, redis=redis)
         self._check_url_tokens()
 
     # -- receiving --------------------------------------------------------------
@@ -141,14 +151,16 @@ class RunPodProvider(Provider):
         if not isinstance(params.get("input"), dict):
             raise ValueError("a RunPod job needs 'input', an object")
         body = {**params, "webhook": self.get_webhook_config(job.job_id).url}
+        targets = PollTargets(self.redis)  # before the POST: no Redis, no job started
         answer = http.post_json(self.session, f"{self.base_url}/{endpoint}/run", json=body)
         job_id = require_str(answer, "id")
-        self._targets.remember(self.name, job_id, endpoint)
+        targets.remember(self.name, job_id, endpoint)
         return job_id
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
         external_id = job.external_job_id
-        endpoint = self._targets.recall(self.name, external_id) or self.setting("_ENDPOINT_ID")
+        recorded = PollTargets(self.redis).recall(self.name, external_id)
+        endpoint = recorded or self.setting("_ENDPOINT_ID")
         if not endpoint or not _ENDPOINT_ID.match(endpoint):
             raise http.ProviderError(
                 f"no RunPod endpoint recorded for job {external_id} and RUNPOD_ENDPOINT_ID unset"

@@ -66,21 +66,17 @@ class StabilityProvider(Provider):
         status, body = http.get_json(
             self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
         )
-        if status == 202:
-            return self._update(job, PROCESSING)
-        finish_reason = body.get("finish_reason")
-        if finish_reason == "SUCCESS":
-            return self._update(job, COMPLETED, result=body)
-        if finish_reason == "CONTENT_FILTERED":
-            return self._update(job, FAILED, error_message="content filtered")
-        raise PayloadError(f"unknown Stability finish_reason {finish_reason!r:.40}")
-
-    def _update(self, job: JobRef, status: str, **fields: Any) -> JobStateUpdate:
-        return JobStateUpdate(
-            job_id=job.job_id,
-            external_job_id=job.external_job_id,
-            status=status,
-            provider=self.name,
-            source=SOURCE_ORPHAN_POLL,
-            **fields,
+        # Its own word for how the job stands: the status while running, then the reason.
+        said = body.get("status") if status == 202 else body.get("finish_reason")
+        if status == 202:  # {"id", "status": "in-progress"}
+            state, observed = PROCESSING, {}
+        elif said == "SUCCESS":
+            state, observed = COMPLETED, {"result": body}
+        elif said == "CONTENT_FILTERED":
+            state, observed = FAILED, {"error_message": "content filtered"}
+        else:
+            raise PayloadError(f"unknown Stability finish_reason {said!r:.40}")
+        provider_status = said if isinstance(said, str) else None
+        return self.update(
+            job, state, source=SOURCE_ORPHAN_POLL, provider_status=provider_status, **observed
         )

@@ -30,7 +30,10 @@ class JobStateUpdate:
     """One provider observation of a job, already mapped to our vocabulary.
 
     `progress=None` means the provider said nothing about progress (keep what we
-    have); `result=None` means no result in this observation.
+    have); `result=None` means no result in this observation. `provider_status` is
+    the provider's own word for the status (`succeeded`, `IN_PROGRESS`, ...), kept
+    for operators in the job's events only: neither the state nor the broadcast
+    carries it.
     """
 
     job_id: str
@@ -42,6 +45,7 @@ class JobStateUpdate:
     result: Any = None
     error_message: str | None = None
     updated_at: int = field(default_factory=now_ms)
+    provider_status: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -63,6 +67,7 @@ class JobStateUpdateSchema(Schema):
     provider = fields.String(required=True, validate=validate.Length(min=1, max=64))
     updated_at = fields.Integer(load_default=now_ms)
     source = fields.String(required=True, validate=validate.OneOf(SOURCES))
+    provider_status = fields.String(allow_none=True, load_default=None)
 
     @validates("result")
     def _result_is_json(self, value: Any, **_: object) -> None:

@@ -58,6 +58,18 @@ def external_index(provider: str, external_job_id: str) -> str:
     return f"webhook_ingest:external:{provider}:{external_job_id}"
 
 
+def poll_target(provider: str, external_job_id: str) -> str:
+    """Where to poll a job when the provider's id alone does not say (fal's app,
+    RunPod's endpoint): recorded at submit, kept for as long as a job may need polling."""
+    return f"webhook_ingest:poll_target:{provider}:{external_job_id}"
+
+
+def jwks(provider: str) -> str:
+    """A provider's public key set (the JWKS text), fetched by one process and read by
+    all, expiring with the key cache's TTL."""
+    return f"webhook_ingest:jwks:{provider}"
+
+
 def delivery_claim(provider: str, delivery_id: str) -> str:
     return f"webhook_ingest:delivery:{provider}:{delivery_id}"
 

@@ -38,6 +38,7 @@ local updated_at, delivery_id, applied_ttl = ARGV[9], ARGV[10], tonumber(ARGV[11
 local progress_channel, updates_channel = ARGV[12], ARGV[13]
 local events_keep, finished_cutoff, finished_ttl_ms = tonumber(ARGV[14]), ARGV[15], ARGV[16]
 local finished_keep = tonumber(ARGV[17])
+local provider_status = ARGV[18]
 
 local function str(value)
   if value == nil or value == false or value == '' then return 'null' end
@@ -46,7 +47,8 @@ end
 
 -- Every observation leaves a trace for operators, whatever became of it; written
 -- here so it costs no extra round trip and always matches the decision taken.
--- Its progress is the observation's own (null: the provider said nothing).
+-- Its progress is the observation's own (null: the provider said nothing), and
+-- beside our status is the provider's own word for it (null if it gave none).
 local observed_progress = 'null'
 if status == 'completed' then observed_progress = 100
 elseif progress >= 0 then observed_progress = progress end
@@ -55,6 +57,7 @@ local function record(outcome)
     .. ',"source":' .. cjson.encode(source)
     .. ',"delivery_id":' .. str(delivery_id)
     .. ',"status":' .. cjson.encode(status)
+    .. ',"provider_status":' .. str(provider_status)
     .. ',"progress":' .. observed_progress
     .. ',"outcome":"' .. outcome .. '"}'
   redis.call('LPUSH', events_key, event)
@@ -210,6 +213,7 @@ class StateStore:
                 update.updated_at - self._finished_window_ms,
                 self._finished_window_ms,
                 self._finished_keep,
+                update.provider_status or "",
             ],
         )
         outcome = Outcome(_text(reply[0]))

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from webhook_ingest.config import ConfigError
+from webhook_ingest.state import keys as redis_keys  # `keys` here are public keys
 from webhook_ingest.verification.base import (
     MAX_DELIVERY_ID_LENGTH,
     VerificationError,
@@ -70,10 +71,6 @@ FAL_HEADERS = (
     "X-Fal-Webhook-Timestamp",
     "X-Fal-Webhook-Signature",
 )
-
-
-def redis_key(provider: str) -> str:
-    return f"webhook_ingest:jwks:{provider}"
 
 
 class JwksError(Exception):
@@ -170,7 +167,7 @@ class JwksCache:
         self.url = url
         self.provider = provider
         self._redis = client
-        self._redis_key = redis_key(provider)
+        self._redis_key = redis_keys.jwks(provider)
         self._ttl = ttl_seconds
         self._refetch = refetch_seconds
         # No Authorization: the key set is public, and no API key should travel to it.
