@@ -25,7 +25,6 @@ from webhook_ingest.state.job_update import (
     FAILED,
     SOURCE_ORPHAN_POLL,
     TERMINAL_STATUSES,
-    JobStateUpdate,
 )
 from webhook_ingest.state.store import Outcome, keys
 
@@ -112,16 +111,15 @@ class OrphanPoller:
         except ProviderNotFound:
             if now - self._known_since(job_id, mapping, now) < self._grace_ms:
                 return self._back_off(provider_name, job_id, now)
-            update = JobStateUpdate(
-                job_id=job_id,
-                external_job_id=external_id,
-                status=FAILED,
+            update = provider.update(
+                job,
+                FAILED,
+                source=SOURCE_ORPHAN_POLL,
+                provider_status=None,  # a 404 names no status of the provider's
                 error_message=(
                     f"{provider_name} no longer knows job {external_id} (HTTP 404): "
                     "it expired before its result was collected, or never existed"
                 ),
-                provider=provider_name,
-                source=SOURCE_ORPHAN_POLL,
             )
             self._services.state.apply(update)
             self._forget_failures(job_id)
