@@ -15,8 +15,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ADMIN_TOKEN, REPLICATE_SECRET
-from tests.support import PrivateRedis, body_of, free_port, signed_headers, wait_for
 from tests.integration.test_end_to_end import BIN, ROOT, Service
+from tests.support import PrivateRedis, body_of, free_port, signed_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 
