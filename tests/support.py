@@ -1,4 +1,5 @@
-"""Test helpers: signing as the providers do, waiting, private Redis servers, fake APIs.
+"""Test helpers: signing as the providers do, waiting, private Redis servers, fake APIs,
+and the receiver built for one test.
 
 Signatures are made with the `standardwebhooks` package, never with the code
 under test, so a receiver bug cannot hide behind a matching signer bug.
@@ -6,7 +7,9 @@ under test, so a receiver bug cannot hide behind a matching signer bug.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -291,3 +295,84 @@ def client_for(services, celery_app):
     app = create_app(services, celery_app)
     app.testing = True
     return app.test_client()
+
+
+# -- the service built for one test (fixtures: tests/conftest.py) -----------------
+
+
+def environ_with(**overrides: object) -> dict[str, str]:
+    """The test environment (tests/conftest.py) with `overrides`: a value is set as
+    text, None unsets the variable."""
+    environ = {**os.environ, **overrides}
+    return {name: str(value) for name, value in environ.items() if value is not None}
+
+
+QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
+
+
+@dataclass
+class Receiver:
+    """The receiver app as the web process builds it (services, a publishing Celery
+    app), with two clients of its state Redis for the test to look with."""
+
+    client: Any  # Flask test client
+    services: Any  # webhook_ingest.services.Services
+    celery: Celery
+    redis: redis.Redis  # the state Redis, text replies
+    raw: redis.Redis  # the same, bytes replies (for DUMP)
+
+    @classmethod
+    def build(cls, redis_url: str, broker_url: str, **environ: object) -> Receiver:
+        from webhook_ingest.services import build_services
+
+        services = build_services(
+            environ=environ_with(REDIS_URL=redis_url, CELERY_BROKER_URL=broker_url, **environ)
+        )
+        assert services.settings.redis_url == redis_url
+        assert services.settings.broker_url == broker_url
+        celery_app = celery_for(broker_url)
+        return cls(
+            client=client_for(services, celery_app),
+            services=services,
+            celery=celery_app,
+            redis=redis.Redis.from_url(redis_url, decode_responses=True),
+            raw=redis.Redis.from_url(redis_url),
+        )
+
+    def snapshot(self, *skip: bytes) -> dict[bytes, bytes]:
+        """Every key with its serialized value: any write shows as a difference.
+        Rate-limit counters (LIMITS:) are left out, counting rejections is their job;
+        so is any key starting with one of `skip`."""
+        skipped = (b"LIMITS:", *skip)
+        return {k: self.raw.dump(k) for k in self.raw.keys("*") if not k.startswith(skipped)}
+
+    def queued(self) -> int:
+        """Deliveries waiting on the broker's queue, where the state Redis is the broker."""
+        return self.raw.llen(QUEUE)
+
+    def take_queued(self):
+        """The oldest queued delivery (a handoff Delivery), as a worker would receive it."""
+        from webhook_ingest.handoff.delivery import Delivery
+
+        raw = self.redis.rpop(QUEUE)
+        assert raw is not None, "nothing was queued"
+        args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        return Delivery.from_message(args[0])
+
+    def register(self, job_id: str, provider: str, external_id: str) -> None:
+        """The job mapping, through `POST /jobs` as the job system registers it."""
+        answer = self.client.post(
+            "/jobs",
+            json={"job_id": job_id, "provider": provider, "external_job_id": external_id},
+            headers={"Authorization": f"Bearer {os.environ['ADMIN_TOKEN']}"},
+        )
+        assert answer.status_code == 201, answer.get_json()
+
+    def state(self, job_id: str) -> dict[str, str]:
+        return self.redis.hgetall(job_state(job_id))
+
+    def close(self) -> None:
+        self.celery.close()
+        self.services.redis.close()
+        self.redis.close()
+        self.raw.close()

@@ -29,13 +29,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ADMIN_TOKEN
-from tests.support import PrivateRedis, celery_for, signed_headers, wait_for
+from tests.support import QUEUE, Receiver, environ_with, signed_headers, wait_for
 from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.ingest import IngestOutcome, ingest
@@ -43,16 +41,12 @@ from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError, load_providers
 from webhook_ingest.providers.declarative import DeclarativeProvider
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound
-from webhook_ingest.services import build_services
-from webhook_ingest.state import keys
 from webhook_ingest.state.job_registry import JobNotFound
 from webhook_ingest.state.job_update import validated
-from webhook_ingest.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EXAMPLE = ROOT / "examples" / "providers.yaml"
-QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 
 GITHUB_SECRET = "gh-" + secrets.token_hex(20)
 GITHUB_TOKEN = "github_pat_" + secrets.token_hex(16)
@@ -74,17 +68,20 @@ def write(tmp_path: Path, document, name: str = "providers.yaml") -> Path:
     return path
 
 
-def environ_for(path: Path, redis_url: str | None = None, **extra: str | None) -> dict[str, str]:
-    environ = {
-        **os.environ,
+def declared(path: Path, **extra: str | None) -> dict[str, str | None]:
+    """The variables a providers file and the providers in it read (None unsets)."""
+    return {
         "WEBHOOK_PROVIDERS_FILE": str(path),
         "WEBHOOK_SECRET_GITHUB": GITHUB_SECRET,
         "GITHUB_TOKEN": GITHUB_TOKEN,
         "ACME_SECRET": ACME_SECRET,
-        **({"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url} if redis_url else {}),
         **extra,
     }
-    return {name: value for name, value in environ.items() if value is not None}
+
+
+def environ_for(path: Path, redis_url: str | None = None, **extra: str | None) -> dict[str, str]:
+    on = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url} if redis_url else {}
+    return environ_with(**declared(path, **on, **extra))
 
 
 def providers_of(environ: dict[str, str]):
@@ -377,62 +374,15 @@ def test_a_url_token_provider_puts_its_first_token_into_the_webhook_url(tmp_path
 # -- apps on a private Redis -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def private_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.cleanup()
-
-
-class Stack:
-    """The receiver and its services on the private Redis; deliveries stay queued there."""
-
-    def __init__(self, environ: dict[str, str], redis_url: str) -> None:
-        self.services = build_services(environ=environ)
-        self.celery = celery_for(redis_url)
-        app = create_app(self.services, self.celery)
-        app.testing = True
-        self.client = app.test_client()
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-
-    def register(self, job_id: str, provider: str, external_id: str) -> None:
-        answer = self.client.post(
-            "/jobs",
-            json={"job_id": job_id, "provider": provider, "external_job_id": external_id},
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        assert answer.status_code == 201, answer.get_json()
-
-    def state(self, job_id: str) -> dict[str, str]:
-        return self.redis.hgetall(keys.job_state(job_id))
-
-    def take_queued(self) -> Delivery:
-        """The oldest queued delivery, as the worker would receive it."""
-        raw = self.redis.rpop(QUEUE)
-        assert raw is not None, "nothing was queued"
-        args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        return Delivery.from_message(args[0])
-
-    def close(self) -> None:
-        self.celery.close()
-        self.services.redis.close()
-        self.redis.close()
-
-
 @pytest.fixture
-def stack_for(private_redis, fake_api):
-    created = []
+def stack_for(receiver_with, fake_api):
+    """`stack_for(path, **environ)`: the receiver and its services with the providers
+    of `path`, on the module's private Redis; deliveries stay queued there."""
 
-    def build(path: Path, **extra: str) -> Stack:
-        environ = environ_for(path, private_redis.url, GITHUB_BASE_URL=fake_api.url, **extra)
-        stack = Stack(environ, private_redis.url)
-        created.append(stack)
-        return stack
+    def build(path: Path, **extra: str) -> Receiver:
+        return receiver_with(**declared(path, GITHUB_BASE_URL=fake_api.url, **extra))
 
-    redis.Redis.from_url(private_redis.url).flushall()  # our own server
-    yield build
-    for stack in created:
-        stack.close()
+    return build
 
 
 @pytest.fixture
@@ -474,7 +424,7 @@ def github_headers(body: bytes, delivery: str | None = None, secret: str = GITHU
     }
 
 
-def deliver(stack: Stack, body: bytes, headers: dict, path: str = "/webhook/github"):
+def deliver(stack: Receiver, body: bytes, headers: dict, path: str = "/webhook/github"):
     return stack.client.post(path, data=body, headers=headers)
 
 
@@ -616,7 +566,7 @@ def acme_stack(stack_for, tmp_path):
     return stack_for(write(tmp_path, {"providers": [MAPPED]}))
 
 
-def acme_post(stack: Stack, payload: dict, path: str):
+def acme_post(stack: Receiver, payload: dict, path: str):
     body = json.dumps(payload).encode()
     signature = hmac.new(ACME_SECRET.encode(), body, hashlib.sha256).hexdigest()
     answer = deliver(stack, body, {"X-Acme-Signature": signature}, path)
@@ -624,7 +574,7 @@ def acme_post(stack: Stack, payload: dict, path: str):
     return stack.take_queued()
 
 
-def acme_delivery(stack: Stack, job_id: str, job: dict) -> Delivery:
+def acme_delivery(stack: Receiver, job_id: str, job: dict) -> Delivery:
     return acme_post(stack, {"job": {"id": "a-1", **job}}, f"/webhook/acme/{job_id}")
 
 
@@ -890,12 +840,11 @@ class WorkerProcess:
 
 @pytest.mark.e2e
 def test_a_github_delivery_reaches_job_state_through_a_real_worker(
-    private_redis, fake_api, tmp_path, job_id
+    stack_for, private_redis, fake_api, tmp_path, job_id
 ):
     path = write(tmp_path, EXAMPLE.read_text())
+    stack = stack_for(path)
     environ = environ_for(path, private_redis.url, GITHUB_BASE_URL=fake_api.url)
-    redis.Redis.from_url(private_redis.url).flushall()  # our own server
-    stack = Stack(environ, private_redis.url)
     worker = WorkerProcess(environ, tmp_path / "worker.log")
     try:
         stack.register(job_id, "github", "30433642")
@@ -918,7 +867,6 @@ def test_a_github_delivery_reaches_job_state_through_a_real_worker(
         state = stack.state(job_id)
     finally:
         worker.stop()
-        stack.close()
 
     assert state["progress"] == "100"
     assert state["source"] == "webhook"

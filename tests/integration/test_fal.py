@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 import uuid
 from urllib.parse import urlencode
@@ -33,7 +32,6 @@ from webhook_ingest.ingest import ingest
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError
 from webhook_ingest.providers.fal import FAL_JWKS_URL
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound
-from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import SOURCE_WEBHOOK
 from webhook_ingest.submission import submit_job
@@ -115,16 +113,15 @@ def new_request_id() -> str:
 # -- the service on fal settings ------------------------------------------------
 
 
-def fal_environ(api, **overrides) -> dict[str, str]:
-    environ = {
-        **os.environ,
+def fal_settings(api, **overrides: str | None) -> dict[str, str | None]:
+    """fal's variables, keys and API on the fake server (for `services_with`)."""
+    return {
         "WEBHOOK_JWKS_URL_FAL": f"{api.url}{JWKS_PATH}",
         "FAL_BASE_URL": api.url,
         "FAL_API_KEY": FAL_API_KEY,
         "WEBHOOK_BASE_URL": HOOKS,
         **overrides,
     }
-    return {name: value for name, value in environ.items() if value is not None}
 
 
 @pytest.fixture
@@ -133,9 +130,9 @@ def signer():
 
 
 @pytest.fixture
-def fal_services(redis_client, api, signer):
+def fal_services(services_with, api, signer):
     api.respond("GET", JWKS_PATH, (200, jwks(signer)))
-    return build_services(environ=fal_environ(api))
+    return services_with(**fal_settings(api))
 
 
 @pytest.fixture
@@ -394,10 +391,10 @@ def test_a_timestamp_inside_the_tolerance_is_accepted(fal_client, fal_services, 
 # -- key rotation -----------------------------------------------------------------
 
 
-def test_with_two_keys_in_the_set_either_one_verifies(redis_client, api, quiet_broker, job_id):
+def test_with_two_keys_in_the_set_either_one_verifies(services_with, api, quiet_broker, job_id):
     old, new = new_key(), new_key()
     api.respond("GET", JWKS_PATH, (200, jwks(old, new)))
-    client = client_for(build_services(environ=fal_environ(api)), quiet_broker)
+    client = client_for(services_with(**fal_settings(api)), quiet_broker)
 
     for private in (old, new):
         request_id = new_request_id()
@@ -525,10 +522,10 @@ def test_the_process_cache_expires_after_its_ttl_and_refreshes(api, redis_client
 
 
 def test_with_the_key_server_down_and_nothing_cached_the_answer_is_503(
-    redis_client, api, quiet_broker, job_id
+    redis_client, services_with, api, quiet_broker, job_id
 ):
     nothing_listens = f"http://127.0.0.1:{free_port()}{JWKS_PATH}"
-    services = build_services(environ=fal_environ(api, WEBHOOK_JWKS_URL_FAL=nothing_listens))
+    services = services_with(**fal_settings(api, WEBHOOK_JWKS_URL_FAL=nothing_listens))
     client = client_for(services, quiet_broker)
     request_id = new_request_id()
     body = completion(request_id)
@@ -546,9 +543,9 @@ def test_with_the_key_server_down_and_nothing_cached_the_answer_is_503(
     [(500, {"error": "down"}), (200, {"keys": []}), (200, {"nothing": 1}), (200, ["x"])],
     ids=["http-500", "empty-set", "no-keys-field", "not-an-object"],
 )
-def test_without_usable_keys_the_answer_is_503(redis_client, api, quiet_broker, job_id, answer):
+def test_without_usable_keys_the_answer_is_503(services_with, api, quiet_broker, job_id, answer):
     api.respond("GET", JWKS_PATH, answer)
-    client = client_for(build_services(environ=fal_environ(api)), quiet_broker)
+    client = client_for(services_with(**fal_settings(api)), quiet_broker)
     request_id = new_request_id()
     body = completion(request_id)
 
@@ -656,8 +653,8 @@ def test_only_ed25519_signature_keys_of_the_set_are_used(api, redis_client, sign
 # -- configuration ------------------------------------------------------------------
 
 
-def test_without_a_jwks_url_fal_accepts_nothing(redis_client, api, quiet_broker, signer, job_id):
-    services = build_services(environ=fal_environ(api, WEBHOOK_JWKS_URL_FAL=None))
+def test_without_a_jwks_url_fal_accepts_nothing(services_with, api, quiet_broker, signer, job_id):
+    services = services_with(**fal_settings(api, WEBHOOK_JWKS_URL_FAL=None))
     client = client_for(services, quiet_broker)
     request_id = new_request_id()
     body = completion(request_id)
@@ -669,8 +666,8 @@ def test_without_a_jwks_url_fal_accepts_nothing(redis_client, api, quiet_broker,
     assert answer.get_json() == {"error": "provider not configured"}
 
 
-def test_fals_published_key_set_is_a_valid_setting(redis_client, api):
-    services = build_services(environ=fal_environ(api, WEBHOOK_JWKS_URL_FAL=FAL_JWKS_URL))
+def test_fals_published_key_set_is_a_valid_setting(services_with, api):
+    services = services_with(**fal_settings(api, WEBHOOK_JWKS_URL_FAL=FAL_JWKS_URL))
 
     assert services.providers["fal"].verifier.scheme == "ed25519-jwks"
     assert FAL_JWKS_URL == "https://rest.alpha.fal.ai/.well-known/jwks.json"
@@ -688,10 +685,10 @@ def test_fals_published_key_set_is_a_valid_setting(redis_client, api):
     ids=["plain-http-elsewhere", "not-http", "shared-secret", "bad-ttl", "zero-refetch"],
 )
 def test_a_bad_fal_setting_stops_the_process_naming_the_variable(
-    redis_client, api, overrides, variable
+    services_with, api, overrides, variable
 ):
     with pytest.raises(ConfigError, match=variable):
-        build_services(environ=fal_environ(api, **overrides))
+        services_with(**fal_settings(api, **overrides))
 
 
 # -- connector: submit and poll -----------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 
 import pytest
@@ -23,7 +22,6 @@ from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound
 from webhook_ingest.providers.runpod import RunPodProvider, update_from_status
-from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 from webhook_ingest.submission import submit_job
 from webhook_ingest.verification import VerificationError
@@ -35,9 +33,9 @@ HOOKS = "https://hooks.example.com"
 ENDPOINT = "abc123endpoint"
 
 
-def runpod_environ(api, **overrides) -> dict[str, str]:
-    environ = {
-        **os.environ,
+def runpod_settings(api, **overrides: str | None) -> dict[str, str | None]:
+    """RunPod's variables, its API on the fake server (for `services_with`)."""
+    return {
         # mid-rotation: the new token first (it goes into new URLs), the old one still valid
         "WEBHOOK_URL_TOKEN_RUNPOD": f"{TOKEN} {OLD_TOKEN}",
         "RUNPOD_BASE_URL": f"{api.url}/v2",
@@ -45,12 +43,11 @@ def runpod_environ(api, **overrides) -> dict[str, str]:
         "WEBHOOK_BASE_URL": HOOKS,
         **overrides,
     }
-    return {name: value for name, value in environ.items() if value is not None}
 
 
 @pytest.fixture
-def runpod_services(redis_client, api):
-    return build_services(environ=runpod_environ(api))
+def runpod_services(services_with, api):
+    return services_with(**runpod_settings(api))
 
 
 @pytest.fixture
@@ -182,8 +179,10 @@ def test_the_same_body_again_is_a_duplicate_because_the_body_is_the_delivery_id(
     assert retry.get_json() == {"received": True, "duplicate": True}
 
 
-def test_without_a_token_configured_runpod_accepts_nothing(redis_client, api, quiet_broker, job_id):
-    services = build_services(environ=runpod_environ(api, WEBHOOK_URL_TOKEN_RUNPOD=None))
+def test_without_a_token_configured_runpod_accepts_nothing(
+    services_with, api, quiet_broker, job_id
+):
+    services = services_with(**runpod_settings(api, WEBHOOK_URL_TOKEN_RUNPOD=None))
     client = client_for(services, quiet_broker)
 
     answer = deliver(client, job_id, status_object())
@@ -208,10 +207,10 @@ def test_without_a_token_configured_runpod_accepts_nothing(redis_client, api, qu
     ids=["shared-secret", "bearer-only", "short-token", "slash", "percent"],
 )
 def test_a_configuration_runpod_could_never_pass_stops_the_process(
-    redis_client, api, overrides, message
+    services_with, api, overrides, message
 ):
     with pytest.raises(ConfigError, match=message) as raised:
-        build_services(environ=runpod_environ(api, **overrides))
+        services_with(**runpod_settings(api, **overrides))
 
     assert TOKEN not in str(raised.value)
 
@@ -295,8 +294,8 @@ def test_runpod_is_a_webhook_connector_whose_url_carries_the_first_token(runpod_
     assert config.auth == "url-token"
 
 
-def test_without_a_token_there_is_no_webhook_config_to_submit_with(redis_client, api):
-    services = build_services(environ=runpod_environ(api, WEBHOOK_URL_TOKEN_RUNPOD=None))
+def test_without_a_token_there_is_no_webhook_config_to_submit_with(services_with, api):
+    services = services_with(**runpod_settings(api, WEBHOOK_URL_TOKEN_RUNPOD=None))
 
     with pytest.raises(ConfigError, match="WEBHOOK_URL_TOKEN_RUNPOD"):
         services.providers["runpod"].get_webhook_config("job-1")
@@ -337,8 +336,8 @@ def test_a_bad_runpod_job_is_refused_before_anything_is_sent(runpod_services, ap
     assert api.requests == []
 
 
-def test_the_endpoint_may_come_from_runpod_endpoint_id(redis_client, api, job_id):
-    services = build_services(environ=runpod_environ(api, RUNPOD_ENDPOINT_ID=ENDPOINT))
+def test_the_endpoint_may_come_from_runpod_endpoint_id(services_with, api, job_id):
+    services = services_with(**runpod_settings(api, RUNPOD_ENDPOINT_ID=ENDPOINT))
     api.respond("POST", f"/v2/{ENDPOINT}/run", (200, {"id": "rp-default", "status": "IN_QUEUE"}))
 
     external_id = services.providers["runpod"].submit(JobRequest(job_id, {"input": {}}))
@@ -383,8 +382,10 @@ def test_poll_of_a_job_runpod_does_not_know_is_not_found(runpod_services, api, j
         runpod.poll_job_status(JobRef(job_id, "runpod", "rp-gone"))
 
 
-def test_a_job_registered_elsewhere_is_polled_on_runpod_endpoint_id(redis_client, api, job_id):
-    services = build_services(environ=runpod_environ(api, RUNPOD_ENDPOINT_ID=ENDPOINT))
+def test_a_job_registered_elsewhere_is_polled_on_runpod_endpoint_id(
+    redis_client, services_with, api, job_id
+):
+    services = services_with(**runpod_settings(api, RUNPOD_ENDPOINT_ID=ENDPOINT))
     redis_client.hset(
         keys.job_mapping(job_id), mapping={"external_job_id": "rp-x", "provider": "runpod"}
     )
