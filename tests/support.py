@@ -1,13 +1,17 @@
 """Test helpers: signing as the providers do, waiting, private Redis servers, fake APIs,
 and the receiver built for one test.
 
-Signatures are made with the `standardwebhooks` package, never with the code
-under test, so a receiver bug cannot hide behind a matching signer bug.
+Signatures are made as each provider documents them, never with the code under
+test, so a receiver bug cannot hide behind a matching signer bug: Standard
+Webhooks with the `standardwebhooks` package, fal's Ed25519 with `cryptography`,
+GitHub-style HMAC with Python's `hmac`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -25,6 +29,8 @@ from typing import Any
 
 import redis
 from celery import Celery
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from standardwebhooks import Webhook
 
 from webhook_ingest.state.keys import job_state
@@ -48,6 +54,62 @@ def signed_headers(
     }
 
 
+def new_ed25519_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def jwk_of(private: Ed25519PrivateKey) -> dict:
+    """The public half of `private` as a JWK, the way fal publishes its keys."""
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": b64url(raw),
+        "kid": uuid.uuid4().hex,
+        "use": "sig",
+        "alg": "EdDSA",
+    }
+
+
+def jwks(*private_keys: Ed25519PrivateKey) -> dict:
+    return {"keys": [jwk_of(key) for key in private_keys]}
+
+
+def fal_headers(
+    private: Ed25519PrivateKey,
+    body: bytes,
+    request_id: str,
+    user_id: str = "user-1234",
+    timestamp: float | None = None,
+) -> dict[str, str]:
+    """Headers fal sends: an Ed25519 signature (hex) over
+    `request_id\\nuser_id\\ntimestamp\\nsha256hex(body)` (providers.md)."""
+    moment = str(int(time.time() if timestamp is None else timestamp))
+    message = "\n".join([request_id, user_id, moment, hashlib.sha256(body).hexdigest()])
+    return {
+        "X-Fal-Webhook-Request-Id": request_id,
+        "X-Fal-Webhook-User-Id": user_id,
+        "X-Fal-Webhook-Timestamp": moment,
+        "X-Fal-Webhook-Signature": private.sign(message.encode()).hex(),
+        "Content-Type": "application/json",
+    }
+
+
+def github_headers(secret: str, body: bytes, delivery: str | None = None) -> dict[str, str]:
+    """GitHub's documented scheme: HMAC-SHA256 of the raw payload, hex, after `sha256=`."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "X-Hub-Signature-256": f"sha256={digest}",
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-GitHub-Event": "workflow_run",
+        "Content-Type": "application/json",
+    }
+
+
 def body_of(payload: Any) -> str:
     return json.dumps(payload)
 
@@ -62,6 +124,12 @@ def wait_for(condition, timeout: float = 15.0, interval: float = 0.05, message: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
         time.sleep(interval)
+
+
+def logged_text(records) -> str:
+    """Messages, arguments and every attribute (`extra`) of each log record: all a
+    handler could write, to search for a secret that must not be there."""
+    return "\n".join(f"{r.getMessage()} {r.args!r} {vars(r)!r}" for r in records)
 
 
 def free_port() -> int:

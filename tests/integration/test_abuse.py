@@ -35,7 +35,7 @@ import redis
 from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
-from tests.support import free_port, wait_for
+from tests.support import free_port, logged_text, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -508,11 +508,6 @@ def test_an_authentic_but_deeply_nested_body_is_400_not_500(target, opener, dept
 
 
 # -- secrets in the app's log records ---------------------------------------------------------
-
-
-def logged_text(records) -> str:
-    """Messages, arguments and every attribute (`extra`) of each record."""
-    return "\n".join(f"{r.getMessage()} {r.args!r} {vars(r)!r}" for r in records)
 
 
 def mixed_batch() -> list[Attempt]:

@@ -2,7 +2,8 @@
 
 A captured delivery can be replayed in two ways: later (its signed timestamp is then
 outside WEBHOOK_TOLERANCE_SECONDS: 401, even though the signature is valid), or at
-once (its webhook-id is then remembered: 2xx duplicate, enqueued once). The ids are
+once (its webhook-id is then remembered: 2xx duplicate, enqueued once; checked for
+every provider by tests/integration/test_provider_contract.py). The ids are
 remembered for DELIVERY_DEDUP_TTL_SECONDS — 73 h by default, past OpenAI's 72 h of
 retries — so their memory is measured here, on a redis-server of our own.
 """
@@ -107,39 +108,8 @@ def test_a_replay_with_a_fresh_timestamp_but_the_old_signature_is_401(make_app):
 # -- an immediate replay: the delivery id -------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["replicate", "openai"])
-def test_the_same_delivery_id_again_is_a_duplicate_enqueued_once(make_app, provider):
-    app = make_app()
-    if provider == "openai":
-        body = json.dumps({"id": "evt_1", "type": "response.completed", "data": {"id": "resp_1"}})
-        path, secret = "/webhook/openai", OPENAI_SECRET
-    else:
-        body, path, secret = prediction(), URL, REPLICATE_SECRET
-    headers = signed_headers(secret, body)
-
-    answers = [app.client.post(path, data=body, headers=headers) for _ in range(4)]
-
-    assert answers[0].status_code == 202
-    assert answers[0].get_json() == {"received": True}
-    for again in answers[1:]:
-        assert 200 <= again.status_code < 300
-        assert again.get_json() == {"received": True, "duplicate": True}
-    assert app.queued() == 1, "a replayed delivery must be enqueued once"
-
-
-def test_a_provider_retry_with_a_new_timestamp_and_the_same_id_is_a_duplicate(make_app):
-    """Standard Webhooks senders re-sign each attempt (new timestamp, same webhook-id)."""
-    app = make_app()
-    body = prediction()
-    first = signed_headers(REPLICATE_SECRET, body, msg_id="msg_retry", timestamp=time.time() - 60)
-    retry = signed_headers(REPLICATE_SECRET, body, msg_id="msg_retry")
-    assert first["webhook-signature"] != retry["webhook-signature"]
-
-    answers = [app.client.post(URL, data=body, headers=h) for h in (first, retry)]
-
-    assert [a.status_code for a in answers] == [202, 200]
-    assert answers[1].get_json() == {"received": True, "duplicate": True}
-    assert app.queued() == 1
+# The same delivery again, as sent or as the provider's retry signed anew, is each
+# provider's contract case (tests/integration/test_provider_contract.py).
 
 
 def test_the_same_delivery_id_from_another_provider_is_not_a_duplicate(make_app):
