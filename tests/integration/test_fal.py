@@ -49,6 +49,7 @@ from webhook_ingest.verification import (
     JwksCache,
     VerificationError,
     VerificationUnavailable,
+    Verified,
 )
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -143,11 +144,18 @@ def cache_for(api, client=None, clock=None, provider="fal") -> JwksCache:
     )
 
 
-def verify_with(cache: JwksCache, private: Ed25519PrivateKey, request_id: str | None = None):
+def verify_with(
+    cache: JwksCache, private: Ed25519PrivateKey, request_id: str | None = None
+) -> Verified:
+    """A completion signed with `private` as fal signs it, through the verifier. What
+    a verification proves is checked each time: fal's request id and the signed time."""
     request_id = request_id or new_request_id()
     body = completion(request_id)
-    verifier = Ed25519JwksVerifier(cache, TOLERANCE)
-    return verifier.verify(body, fal_headers(private, body, request_id))
+    headers = fal_headers(private, body, request_id)
+    verified = Ed25519JwksVerifier(cache, TOLERANCE).verify(body, headers)
+    signed_at = int(headers["X-Fal-Webhook-Timestamp"])
+    assert verified == Verified(delivery_id=request_id, timestamp=signed_at)
+    return verified
 
 
 # -- accepted and applied ---------------------------------------------------------
@@ -369,11 +377,12 @@ def test_unknown_key_refetches_are_rate_limited(api, redis_client, signer):
         verify_with(cache, new_ed25519_key())
     fetches_within_interval = jwks_fetches(api)
     clock.advance(REFETCH)
-    verified = verify_with(cache, third)
+    request_id = new_request_id()
+    verified = verify_with(cache, third, request_id)
 
     assert fetches_within_interval == 2
     assert jwks_fetches(api) == 3
-    assert verified.delivery_id
+    assert verified.delivery_id == request_id
 
 
 def test_forged_signatures_cost_at_most_one_refetch_per_interval(api, redis_client, signer):
@@ -399,9 +408,10 @@ def test_a_rotation_another_process_fetched_is_taken_from_redis(api, redis_clien
     verify_with(other_process, rotated)  # misses, refetches, shares through Redis
     api.respond("GET", JWKS_PATH, (500, {"error": "down"}))
 
-    verified = verify_with(this_process, rotated)
+    request_id = new_request_id()
+    verified = verify_with(this_process, rotated, request_id)
 
-    assert verified.delivery_id
+    assert verified.delivery_id == request_id
     # the first fill and the other process's refetch; this process only read Redis
     assert jwks_fetches(api) == 2
 
@@ -538,10 +548,11 @@ def test_with_no_keys_a_failed_fetch_is_not_retried_by_every_delivery(api, redis
     attempts_within_interval = jwks_fetches(api)
     api.respond("GET", JWKS_PATH, (200, jwks(signer)))
     clock.advance(REFETCH)
-    verified = verify_with(cache, signer)
+    request_id = new_request_id()
+    verified = verify_with(cache, signer, request_id)
 
     assert attempts_within_interval == 1  # each would otherwise wait for a timeout
-    assert verified.delivery_id
+    assert verified.delivery_id == request_id
 
 
 def test_with_redis_down_keys_come_from_the_url(api, signer):
@@ -550,9 +561,10 @@ def test_with_redis_down_keys_come_from_the_url(api, signer):
         f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2
     )
 
-    verified = verify_with(cache_for(api, unreachable), signer)
+    request_id = new_request_id()
+    verified = verify_with(cache_for(api, unreachable), signer, request_id)
 
-    assert verified.delivery_id
+    assert verified.delivery_id == request_id
     assert jwks_fetches(api) == 1
 
 
@@ -580,7 +592,8 @@ def test_only_ed25519_signature_keys_of_the_set_are_used(api, redis_client, sign
     api.respond("GET", JWKS_PATH, (200, document))
     cache = cache_for(api, redis_client)
 
-    assert verify_with(cache, signer).delivery_id
+    request_id = new_request_id()
+    assert verify_with(cache, signer, request_id).delivery_id == request_id
     with pytest.raises(VerificationError):
         verify_with(cache, encryption_key)
 
@@ -889,7 +902,8 @@ def test_any_signed_body_verifies_and_any_changed_byte_does_not(fake_api, body, 
     request_id = new_request_id()
     headers = fal_headers(private, body, request_id)
 
-    assert verifier.verify(body, headers).delivery_id == request_id
+    signed_at = int(headers["X-Fal-Webhook-Timestamp"])
+    assert verifier.verify(body, headers) == Verified(request_id, signed_at)
     if body:
         index = flip % len(body)
         changed = body[:index] + bytes([body[index] ^ 0x01]) + body[index + 1 :]
