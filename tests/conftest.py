@@ -78,6 +78,74 @@ def services(redis_client, fake_api):
 
 
 @pytest.fixture
+def services_with(redis_client, fake_api):
+    """`services_with(**environ)`: Services on the test database built from the test
+    environment plus `environ` (None unsets a variable), with connections of their
+    own as another process would have; closed after the test."""
+    from tests.support import environ_with
+    from webhook_ingest.services import build_services
+
+    built = []
+
+    def build(**environ: object):
+        services = build_services(environ=environ_with(**environ))
+        built.append(services)
+        return services
+
+    yield build
+    for services in built:
+        services.redis.close()
+
+
+@pytest.fixture(scope="module")
+def private_redis():
+    """A redis-server of this module's own: state store and broker of the apps
+    `receiver_with` builds, so what they queue reaches no worker and a test may
+    compare the whole database before and after."""
+    from tests.support import PrivateRedis
+
+    server = PrivateRedis().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own (one it may fill, stop or break)."""
+    from tests.support import PrivateRedis
+
+    server = PrivateRedis().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def receiver_with(request):
+    """`receiver_with(**environ)` -> tests.support.Receiver: the receiver app built
+    from the test environment plus `environ` (None unsets a variable) on the
+    module's `private_redis` as state store and broker, emptied first; or on
+    `redis_url` and `broker_url` (default: the same) if given, left as they are.
+    Closed after the test."""
+    from tests.support import Receiver
+
+    built = []
+
+    def build(redis_url: str | None = None, broker_url: str | None = None, **environ: object):
+        own = redis_url is None
+        if own:
+            redis_url = request.getfixturevalue("private_redis").url
+        receiver = Receiver.build(redis_url, broker_url or redis_url, **environ)
+        built.append(receiver)
+        if own:
+            receiver.raw.flushall()
+        return receiver
+
+    yield build
+    for receiver in built:
+        receiver.close()
+
+
+@pytest.fixture
 def app(services):
     from webhook_ingest.web.app import create_app
 

@@ -1,13 +1,20 @@
-"""Test helpers: signing as the providers do, waiting, private Redis servers, fake APIs.
+"""Test helpers: signing as the providers do, waiting, private Redis servers, fake APIs,
+and the receiver built for one test.
 
-Signatures are made with the `standardwebhooks` package, never with the code
-under test, so a receiver bug cannot hide behind a matching signer bug.
+Signatures are made as each provider documents them, never with the code under
+test, so a receiver bug cannot hide behind a matching signer bug: Standard
+Webhooks with the `standardwebhooks` package, fal's Ed25519 with `cryptography`,
+GitHub-style HMAC with Python's `hmac`.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import hmac
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -16,12 +23,15 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import redis
 from celery import Celery
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from standardwebhooks import Webhook
 
 from webhook_ingest.state.keys import job_state
@@ -45,6 +55,62 @@ def signed_headers(
     }
 
 
+def new_ed25519_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def jwk_of(private: Ed25519PrivateKey) -> dict:
+    """The public half of `private` as a JWK, the way fal publishes its keys."""
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": b64url(raw),
+        "kid": uuid.uuid4().hex,
+        "use": "sig",
+        "alg": "EdDSA",
+    }
+
+
+def jwks(*private_keys: Ed25519PrivateKey) -> dict:
+    return {"keys": [jwk_of(key) for key in private_keys]}
+
+
+def fal_headers(
+    private: Ed25519PrivateKey,
+    body: bytes,
+    request_id: str,
+    user_id: str = "user-1234",
+    timestamp: float | None = None,
+) -> dict[str, str]:
+    """Headers fal sends: an Ed25519 signature (hex) over
+    `request_id\\nuser_id\\ntimestamp\\nsha256hex(body)` (providers.md)."""
+    moment = str(int(time.time() if timestamp is None else timestamp))
+    message = "\n".join([request_id, user_id, moment, hashlib.sha256(body).hexdigest()])
+    return {
+        "X-Fal-Webhook-Request-Id": request_id,
+        "X-Fal-Webhook-User-Id": user_id,
+        "X-Fal-Webhook-Timestamp": moment,
+        "X-Fal-Webhook-Signature": private.sign(message.encode()).hex(),
+        "Content-Type": "application/json",
+    }
+
+
+def github_headers(secret: str, body: bytes, delivery: str | None = None) -> dict[str, str]:
+    """GitHub's documented scheme: HMAC-SHA256 of the raw payload, hex, after `sha256=`."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {
+        "X-Hub-Signature-256": f"sha256={digest}",
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-GitHub-Event": "workflow_run",
+        "Content-Type": "application/json",
+    }
+
+
 def body_of(payload: Any) -> str:
     return json.dumps(payload)
 
@@ -59,6 +125,12 @@ def wait_for(condition, timeout: float = 15.0, interval: float = 0.05, message: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
         time.sleep(interval)
+
+
+def logged_text(records) -> str:
+    """Messages, arguments and every attribute (`extra`) of each log record: all a
+    handler could write, to search for a secret that must not be there."""
+    return "\n".join(f"{r.getMessage()} {r.args!r} {vars(r)!r}" for r in records)
 
 
 def free_port() -> int:
@@ -281,3 +353,84 @@ def client_for(services, celery_app):
     app = create_app(services, celery_app)
     app.testing = True
     return app.test_client()
+
+
+# -- the service built for one test (fixtures: tests/conftest.py) -----------------
+
+
+def environ_with(**overrides: object) -> dict[str, str]:
+    """The test environment (tests/conftest.py) with `overrides`: a value is set as
+    text, None unsets the variable."""
+    environ = {**os.environ, **overrides}
+    return {name: str(value) for name, value in environ.items() if value is not None}
+
+
+QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
+
+
+@dataclass
+class Receiver:
+    """The receiver app as the web process builds it (services, a publishing Celery
+    app), with two clients of its state Redis for the test to look with."""
+
+    client: Any  # Flask test client
+    services: Any  # webhook_ingest.services.Services
+    celery: Celery
+    redis: redis.Redis  # the state Redis, text replies
+    raw: redis.Redis  # the same, bytes replies (for DUMP)
+
+    @classmethod
+    def build(cls, redis_url: str, broker_url: str, **environ: object) -> Receiver:
+        from webhook_ingest.services import build_services
+
+        services = build_services(
+            environ=environ_with(REDIS_URL=redis_url, CELERY_BROKER_URL=broker_url, **environ)
+        )
+        assert services.settings.redis_url == redis_url
+        assert services.settings.broker_url == broker_url
+        celery_app = celery_for(broker_url)
+        return cls(
+            client=client_for(services, celery_app),
+            services=services,
+            celery=celery_app,
+            redis=redis.Redis.from_url(redis_url, decode_responses=True),
+            raw=redis.Redis.from_url(redis_url),
+        )
+
+    def snapshot(self, *skip: bytes) -> dict[bytes, bytes]:
+        """Every key with its serialized value: any write shows as a difference.
+        Rate-limit counters (LIMITS:) are left out, counting rejections is their job;
+        so is any key starting with one of `skip`."""
+        skipped = (b"LIMITS:", *skip)
+        return {k: self.raw.dump(k) for k in self.raw.keys("*") if not k.startswith(skipped)}
+
+    def queued(self) -> int:
+        """Deliveries waiting on the broker's queue, where the state Redis is the broker."""
+        return self.raw.llen(QUEUE)
+
+    def take_queued(self):
+        """The oldest queued delivery (a handoff Delivery), as a worker would receive it."""
+        from webhook_ingest.handoff.delivery import Delivery
+
+        raw = self.redis.rpop(QUEUE)
+        assert raw is not None, "nothing was queued"
+        args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        return Delivery.from_message(args[0])
+
+    def register(self, job_id: str, provider: str, external_id: str) -> None:
+        """The job mapping, through `POST /jobs` as the job system registers it."""
+        answer = self.client.post(
+            "/jobs",
+            json={"job_id": job_id, "provider": provider, "external_job_id": external_id},
+            headers={"Authorization": f"Bearer {os.environ['ADMIN_TOKEN']}"},
+        )
+        assert answer.status_code == 201, answer.get_json()
+
+    def state(self, job_id: str) -> dict[str, str]:
+        return self.redis.hgetall(job_state(job_id))
+
+    def close(self) -> None:
+        self.celery.close()
+        self.services.redis.close()
+        self.redis.close()
+        self.raw.close()

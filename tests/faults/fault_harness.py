@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # RabbitMQ on this machine (guest/guest); each System gets a virtual host of its own.
 RABBITMQ = os.environ.get("TEST_RABBITMQ_HOST", "127.0.0.1:5672")
+# What a test parametrizes `broker` with (tests/faults/conftest.py) to run on each.
+BROKERS = ["redis", "amqp"]
 # Short enough that a crash's redelivery is seen within a test; the lower bound
 # the service accepts (webhook_ingest.config) and the value docs/operations.md uses.
 VISIBILITY_TIMEOUT = 10
@@ -83,7 +85,10 @@ class FaultRedis(PrivateRedis):
 
 class System:
     """gunicorn, Celery workers and beats as subprocesses, each in its own process
-    group, on one FaultRedis for state and `broker` ("redis" or "amqp") for tasks."""
+    group, on one FaultRedis for state and `broker` ("redis" or "amqp") for tasks.
+
+    `env` is what every process started from now on gets: a test may add to it
+    before it starts them."""
 
     def __init__(
         self, store: FaultRedis, broker: str = "redis", extra_env: dict[str, str] | None = None

@@ -38,12 +38,17 @@ from collections import defaultdict
 
 import pytest
 
-from tests.faults.fault_harness import Counts, FaultRedis, System, register_jobs, report
+from tests.faults.fault_harness import Counts, register_jobs, report
 from tests.support import FakeProviderAPI, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.faults]
-
 INTERVAL = 5  # ORPHAN_POLL_INTERVAL_SECONDS
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.faults,
+    pytest.mark.system_env(ORPHAN_POLL_INTERVAL_SECONDS=str(INTERVAL), ORPHAN_AFTER_SECONDS="1"),
+]
+
 LOCK_TIMEOUT, MAX_LOOP = 30, 5  # celeryconfig: redbeat_lock_timeout, beat_max_loop_interval
 HANDOVER_BOUND = LOCK_TIMEOUT + MAX_LOOP + 5
 WINDOW = 60
@@ -89,75 +94,71 @@ def min_gap(times: list[float]) -> float:
     return min((b - a for a, b in zip(ordered, ordered[1:], strict=False)), default=float("inf"))
 
 
-def test_two_beats_poll_each_stale_job_once_per_interval_and_hand_over_after_sigkill():
-    started = time.monotonic()
+@pytest.fixture
+def timed_api():
+    """A FakeProviderAPI of this test's own that records when each request came."""
     api = FakeProviderAPI()
     api.requests = TimedRequests()
-    api.start()
-    store = FaultRedis().start()
+    yield api.start()
+    api.stop()
+
+
+def test_two_beats_poll_each_stale_job_once_per_interval_and_hand_over_after_sigkill(
+    store, system, timed_api
+):
+    started = time.monotonic()
+    api = timed_api
     run = uuid.uuid4().hex[:6]
     jobs = [(f"job-beat-{run}-{n}", f"pred-beat-{run}-{n}") for n in range(JOBS)]
     paths = {f"/v1/predictions/{ext}": job_id for job_id, ext in jobs}
     for _, ext in jobs:
         path = f"/v1/predictions/{ext}"
         api.respond("GET", path, (200, {"id": ext, "status": "processing", "logs": ""}))
-    system = System(
-        store,
-        extra_env={
-            "ORPHAN_POLL_INTERVAL_SECONDS": str(INTERVAL),
-            "ORPHAN_AFTER_SECONDS": "1",
-            "REPLICATE_BASE_URL": f"{api.url}/v1",
-        },
+    system.env["REPLICATE_BASE_URL"] = f"{api.url}/v1"
+    register_jobs(store, jobs)
+    system.start_worker(concurrency=2)
+    system.wait_worker_ready()
+    system.start_beat("beat-a")
+    system.start_beat("beat-b")
+    wait_for(
+        lambda: len(polls(api, paths)) == JOBS,
+        timeout=60,
+        interval=0.1,
+        message="every stale job's first poll",
     )
-    try:
-        register_jobs(store, jobs)
-        system.start_worker(concurrency=2)
-        system.wait_worker_ready()
-        system.start_beat("beat-a")
-        system.start_beat("beat-b")
-        wait_for(
-            lambda: len(polls(api, paths)) == JOBS,
-            timeout=60,
-            interval=0.1,
-            message="every stale job's first poll",
-        )
-        # -- 60 s with two beats ---------------------------------------------------
-        window_start = time.monotonic()
-        time.sleep(WINDOW)
-        window_end = time.monotonic()
-        logs = {name: system.log(name) for name in ("beat-a", "beat-b")}
-        holders = [name for name, log in logs.items() if ACQUIRED in log]
-        senders = [name for name, log in logs.items() if "Sending due task poll-orphans" in log]
-        assert len(holders) == 1, {n: log[-2000:] for n, log in logs.items()}
-        active = holders[0]
-        standby = "beat-b" if active == "beat-a" else "beat-a"
+    # -- 60 s with two beats ---------------------------------------------------
+    window_start = time.monotonic()
+    time.sleep(WINDOW)
+    window_end = time.monotonic()
+    logs = {name: system.log(name) for name in ("beat-a", "beat-b")}
+    holders = [name for name, log in logs.items() if ACQUIRED in log]
+    senders = [name for name, log in logs.items() if "Sending due task poll-orphans" in log]
+    assert len(holders) == 1, {n: log[-2000:] for n, log in logs.items()}
+    active = holders[0]
+    standby = "beat-b" if active == "beat-a" else "beat-a"
 
-        # -- SIGKILL the holder: no chance to release its lock ---------------------
-        system.kill(active, signal.SIGKILL)
-        killed = time.monotonic()
-        acquired_at = wait_for(
-            lambda: ACQUIRED in system.log(standby) and time.monotonic(),
-            timeout=HANDOVER_BOUND + 10,
-            interval=0.1,
-            message="the standby beat to acquire the lock",
-        )
-        resumed_at = wait_for(
-            lambda: min(
-                (t for times in polls(api, paths).values() for t in times if t > acquired_at),
-                default=None,
-            ),
-            timeout=HANDOVER_BOUND + 10,
-            interval=0.1,
-            message="polls to resume",
-        )
-        # a few intervals under the new holder
-        time.sleep(3 * INTERVAL)
-        end = time.monotonic()
-        by_job = polls(api, paths)
-    finally:
-        system.stop_all()
-        store.cleanup()
-        api.stop()
+    # -- SIGKILL the holder: no chance to release its lock ---------------------
+    system.kill(active, signal.SIGKILL)
+    killed = time.monotonic()
+    acquired_at = wait_for(
+        lambda: ACQUIRED in system.log(standby) and time.monotonic(),
+        timeout=HANDOVER_BOUND + 10,
+        interval=0.1,
+        message="the standby beat to acquire the lock",
+    )
+    resumed_at = wait_for(
+        lambda: min(
+            (t for times in polls(api, paths).values() for t in times if t > acquired_at),
+            default=None,
+        ),
+        timeout=HANDOVER_BOUND + 10,
+        interval=0.1,
+        message="polls to resume",
+    )
+    # a few intervals under the new holder
+    time.sleep(3 * INTERVAL)
+    end = time.monotonic()
+    by_job = polls(api, paths)
 
     handover = resumed_at - killed
     per_job = {

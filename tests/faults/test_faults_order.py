@@ -36,9 +36,7 @@ import time
 import pytest
 
 from tests.faults.fault_harness import (
-    FaultRedis,
     Ledger,
-    System,
     new_jobs,
     register_jobs,
     report,
@@ -60,44 +58,44 @@ JOBS = 200
 DUPLICATE_SHARE = 0.35
 
 
-def test_shuffled_and_repeated_deliveries_end_in_the_terminal_state_broadcast_once():
+@pytest.fixture
+def broadcasts(store):
+    """Every broadcast of the run, read from before the first delivery is sent."""
+    reader = Broadcasts(store).start()
+    yield reader
+    reader.stop()
+
+
+def test_shuffled_and_repeated_deliveries_end_in_the_terminal_state_broadcast_once(
+    store, system, broadcasts
+):
     seed = int(os.environ.get("FAULTS_SEED") or random.randrange(2**32))
     print(f"\norder test seed: {seed} (FAULTS_SEED={seed} reruns this sequence)")
     rng = random.Random(seed)
     started = time.monotonic()
 
-    store = FaultRedis().start()
-    system = System(store)
-    broadcasts = None
-    try:
-        system.start_web()
-        system.start_worker(concurrency=2)
-        system.wait_worker_ready()
-        jobs = new_jobs(JOBS, "order")
-        register_jobs(store, jobs)
-        plans = {job_id: plan_job(rng, job_id, ext, rng.randint(2, 4)) for job_id, ext in jobs}
-        deliveries = [d for plan in plans.values() for d in plan.deliveries]
-        # one shuffle of everything: each job's own sends in a random permutation,
-        # interleaved with every other job's
-        sends = with_duplicates(rng, deliveries, DUPLICATE_SHARE)
+    system.start_web()
+    system.start_worker(concurrency=2)
+    system.wait_worker_ready()
+    jobs = new_jobs(JOBS, "order")
+    register_jobs(store, jobs)
+    plans = {job_id: plan_job(rng, job_id, ext, rng.randint(2, 4)) for job_id, ext in jobs}
+    deliveries = [d for plan in plans.values() for d in plan.deliveries]
+    # one shuffle of everything: each job's own sends in a random permutation,
+    # interleaved with every other job's
+    sends = with_duplicates(rng, deliveries, DUPLICATE_SHARE)
 
-        broadcasts = Broadcasts(store).start()
-        answers = Answers()
-        took = send_all(system, sends, answers, threads=8)
-        retried = resend_unacknowledged(system, deliveries, answers)
+    answers = Answers()
+    took = send_all(system, sends, answers, threads=8)
+    retried = resend_unacknowledged(system, deliveries, answers)
 
-        client = store.client()
+    with store.client() as client:
         assert wait_queue_empty(client), "the worker did not drain the queue"
-        broadcasts.settle()
-        ledger = Ledger(store)
-        states = ledger.states(list(plans))
-        events = ledger.events(list(plans))
-        client.close()
-    finally:
-        if broadcasts:
-            broadcasts.stop()
-        system.stop_all()
-        store.cleanup()
+    broadcasts.settle()
+    broadcasts.stop()  # the figures below are final (stopping again at teardown is harmless)
+    ledger = Ledger(store)
+    states = ledger.states(list(plans))
+    events = ledger.events(list(plans))
 
     # -- what each delivery became ------------------------------------------------
     counts, outcomes, lost, duplicated = tally(deliveries, events)

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.faults.fault_harness import (
-    FaultRedis,
+    BROKERS,
     Ledger,
     Stream,
     System,
@@ -33,20 +33,12 @@ from tests.support import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
-BROKERS = ["redis", "amqp"]
 KILLS = 3
 MAX_ROUNDS = 7
 # A retry that finds the first attempt's claim still `pending` (the worker died
 # between claiming and confirming, on the three-step path used with RabbitMQ) is
 # answered 409 until the claim expires (delivery_claims.PENDING_TTL_SECONDS = 30).
 PENDING_TTL = 30
-
-
-@pytest.fixture
-def store():
-    server = FaultRedis().start()
-    yield server
-    server.cleanup()
 
 
 def retry_like_a_provider(system: System, deliveries, timeout: float) -> float:
@@ -82,7 +74,7 @@ def kill_web_workers(system: System) -> list[int]:
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_receiver_workers_killed_under_a_stream_lose_nothing(store, broker):
+def test_receiver_workers_killed_under_a_stream_lose_nothing(store, system, broker):
     """Kill both gunicorn workers KILLS times (or more, until a request in flight
     was cut off; at most MAX_ROUNDS) during a 300-delivery stream.
 
@@ -99,42 +91,38 @@ def test_receiver_workers_killed_under_a_stream_lose_nothing(store, broker):
     pending claim expires: PENDING_TTL (30 s) + 15 s slack for a loaded machine.
     On Redis the claim and the push are one script, so no claim is left pending.
     """
-    system = System(store, broker)
     ledger = Ledger(store)
-    try:
-        system.start_web()
-        system.start_worker()
-        system.wait_worker_ready()
-        master = system.running["web"].pid
-        jobs = new_jobs(300, "rkill")
-        register_jobs(store, jobs)
-        deliveries = one_delivery_each(jobs)
-        stream = Stream(system, deliveries, rate=50).start()
-        killed = []
-        # At least KILLS rounds, more (up to MAX_ROUNDS) until a kill has cut off a
-        # request in flight: a sync worker is idle between requests part of the time.
-        for round_ in range(1, MAX_ROUNDS + 1):
-            wait_for(
-                lambda n=round_: stream.answered >= n * len(deliveries) // (MAX_ROUNDS + 2),
-                timeout=60,
-                message="the stream to advance",
-            )
-            killed += kill_web_workers(system)
-            if round_ >= KILLS and any(0 in d.answers for d in deliveries):
-                break
-        stream.join()
-        first = Counter(d.status for d in deliveries)
-        first_counts = count(ledger, deliveries, timeout=60)
+    system.start_web()
+    system.start_worker()
+    system.wait_worker_ready()
+    master = system.running["web"].pid
+    jobs = new_jobs(300, "rkill")
+    register_jobs(store, jobs)
+    deliveries = one_delivery_each(jobs)
+    stream = Stream(system, deliveries, rate=50).start()
+    killed = []
+    # At least KILLS rounds, more (up to MAX_ROUNDS) until a kill has cut off a
+    # request in flight: a sync worker is idle between requests part of the time.
+    for round_ in range(1, MAX_ROUNDS + 1):
+        wait_for(
+            lambda n=round_: stream.answered >= n * len(deliveries) // (MAX_ROUNDS + 2),
+            timeout=60,
+            message="the stream to advance",
+        )
+        killed += kill_web_workers(system)
+        if round_ >= KILLS and any(0 in d.answers for d in deliveries):
+            break
+    stream.join()
+    first = Counter(d.status for d in deliveries)
+    first_counts = count(ledger, deliveries, timeout=60)
 
-        retried_s = retry_like_a_provider(system, deliveries, timeout=PENDING_TTL + 15)
-        counts = count(ledger, deliveries, timeout=60)
-        answers = Counter(a for d in deliveries for a in d.answers)
-        ready = system.readyz()[0]
-        workers = system.children("web")
-        master_alive = system.running["web"].poll() is None
-        same_master = system.running["web"].pid == master
-    finally:
-        system.stop_all()
+    retried_s = retry_like_a_provider(system, deliveries, timeout=PENDING_TTL + 15)
+    counts = count(ledger, deliveries, timeout=60)
+    answers = Counter(a for d in deliveries for a in d.answers)
+    ready = system.readyz()[0]
+    workers = system.children("web")
+    master_alive = system.running["web"].poll() is None
+    same_master = system.running["web"].pid == master
 
     report(f"receiver workers SIGKILL, before retries ({broker})", first_counts)
     report(

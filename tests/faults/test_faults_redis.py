@@ -39,6 +39,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import pytest
@@ -47,6 +49,8 @@ import requests
 from tests.faults import fault_harness
 from tests.faults.fault_harness import (
     VISIBILITY_TIMEOUT,
+    Counts,
+    Delivery,
     FaultRedis,
     Ledger,
     Stream,
@@ -60,7 +64,12 @@ from tests.faults.fault_harness import (
 )
 from tests.support import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.faults,
+    # beat ticks often enough that its recovery after the restart is seen
+    pytest.mark.system_env(ORPHAN_POLL_INTERVAL_SECONDS="2"),
+]
 
 RATE = 20  # deliveries per second
 BEFORE = 4.0  # seconds of stream before the fault
@@ -192,14 +201,101 @@ def statuses(values: list[int]) -> str:
     return ",".join(f"{k}x{v}" for k, v in sorted(tally.items())) or "none"
 
 
-def start_system(store: FaultRedis, broker: str = "redis") -> System:
-    system = System(store, broker, extra_env={"ORPHAN_POLL_INTERVAL_SECONDS": "2"})
+def start_processes(system: System) -> None:
+    """web, worker and beat, as the Procfile runs them; returns once beat has ticked."""
     system.start_web()
     system.start_worker()
     system.start_beat()
     system.wait_worker_ready()
     wait_for(lambda: BEAT_TICK in system.log("beat"), timeout=30, message="beat's first tick")
-    return system
+
+
+@dataclass
+class Outage:
+    """One Redis outage under a stream, as `stream_through_outage` measured it.
+    Moments are time.monotonic() unless named `_wall`."""
+
+    deliveries: list[Delivery]
+    going_down_at: float  # just before the kill or the SIGTERM
+    down_at: float  # the server process is gone
+    starting_at: float  # just before the start
+    started_at: float  # the start returned (the server answers PING)
+    started_wall: float  # time.time() at starting_at
+    beat_mark: int  # beat's log length before the start
+    reserved: set[str]  # delivery ids in kombu's unacked hash right after the start
+    ready_at: float  # /readyz answered 200 after the start
+    first_pass: int  # deliveries acknowledged before any retry
+    counts: Counts
+    counted_at: float  # every acknowledged delivery applied, or the count gave up
+
+
+def stream_through_outage(
+    system: System,
+    store: FaultRedis,
+    tag: str,
+    *,
+    seconds: float,
+    take_down: Callable[[], None],
+    down: float = 0.0,
+    pause_pool: bool = False,
+    probe: ReadyzProbe | None = None,
+) -> Outage:
+    """A stream of `seconds` × RATE deliveries (one per job); BEFORE seconds in,
+    `take_down()` (store.kill or store.stop), `down` seconds without Redis, start
+    it again on the same port and AOF; then the stream's end, the providers'
+    retries of everything without a 2xx, and the count.
+
+    `pause_pool` freezes the worker's pool (SIGSTOP) for the last 1.5 s before the
+    fault and resumes it right after, so the fault always finds reserved messages
+    in `unacked` and tasks run while Redis is gone. `probe`, if given, asks
+    /readyz from the stream's start until its end."""
+    jobs = new_jobs(int(RATE * seconds), tag)
+    register_jobs(store, jobs)
+    deliveries = one_delivery_each(jobs)
+    if probe:
+        probe.start()
+    stream = Stream(system, deliveries, rate=RATE).start()
+
+    if pause_pool:
+        time.sleep(BEFORE - 1.5)
+        signal_pool(system, signal.SIGSTOP)
+        time.sleep(1.5)
+    else:
+        time.sleep(BEFORE)
+    going_down_at = time.monotonic()
+    take_down()
+    down_at = time.monotonic()
+    if pause_pool:
+        signal_pool(system, signal.SIGCONT)
+    time.sleep(down)
+    beat_mark = len(system.log("beat"))
+    starting_at, started_wall = time.monotonic(), time.time()
+    store.start()
+    started_at = time.monotonic()
+    reserved = reserved_deliveries(store) if system.broker == "redis" else set()
+    wait_for(system.ready, timeout=30, message="/readyz 200 after the restart")
+    ready_at = time.monotonic()
+
+    stream.join(120)
+    if probe:
+        probe.stop()
+    first_pass = sum(1 for d in deliveries if d.acknowledged)
+    resend_unacknowledged(system, deliveries)
+    counts = count(Ledger(store), deliveries, timeout=90)
+    return Outage(
+        deliveries=deliveries,
+        going_down_at=going_down_at,
+        down_at=down_at,
+        starting_at=starting_at,
+        started_at=started_at,
+        started_wall=started_wall,
+        beat_mark=beat_mark,
+        reserved=reserved,
+        ready_at=ready_at,
+        first_pass=first_pass,
+        counts=counts,
+        counted_at=time.monotonic(),
+    )
 
 
 # -- the tests ------------------------------------------------------------------
@@ -207,7 +303,7 @@ def start_system(store: FaultRedis, broker: str = "redis") -> System:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("fsync", ["everysec", "always"])
-def test_redis_killed_mid_stream_loses_nothing_acknowledged(monkeypatch, fsync):
+def test_redis_killed_mid_stream_loses_nothing_acknowledged(monkeypatch, store, system, fsync):
     """SIGKILL of Redis (state + broker) mid-stream, DOWN seconds, start again
     (the AOF is replayed). While it is down: no 2xx, /readyz 503 naming redis.
     After: /readyz 200, the worker and beat reconnect by themselves, the
@@ -219,48 +315,31 @@ def test_redis_killed_mid_stream_loses_nothing_acknowledged(monkeypatch, fsync):
     and tasks run while Redis is gone (they fail, retry, and must not drop
     their message)."""
     timeline = Timeline().install(monkeypatch)
-    store = FaultRedis(fsync=fsync).start()
-    system = start_system(store)
+    start_processes(system)
     began = time.monotonic()
-    try:
-        jobs = new_jobs(int(RATE * TOTAL), f"rk{fsync[:3]}")
-        register_jobs(store, jobs)
-        deliveries = one_delivery_each(jobs)
-        probe = ReadyzProbe(system).start()
-        stream = Stream(system, deliveries, rate=RATE).start()
-
-        time.sleep(BEFORE - 1.5)
-        signal_pool(system, signal.SIGSTOP)
-        time.sleep(1.5)
-        store.kill()
-        down_at = time.monotonic()
-        signal_pool(system, signal.SIGCONT)
-        time.sleep(DOWN)
-        beat_mark = len(system.log("beat"))
-        up_at, up_wall = time.monotonic(), time.time()
-        store.start()
-        reserved = reserved_deliveries(store)
-        wait_for(system.ready, timeout=30, message="/readyz 200 after the restart")
-        ready_after = time.monotonic() - up_at
-
-        stream.join(120)
-        probe.stop()
-        first_pass = sum(1 for d in deliveries if d.acknowledged)
-        resend_unacknowledged(system, deliveries)
-        counts = count(Ledger(store), deliveries, timeout=90)
-        applied_after = time.monotonic() - up_at
-        wait_for(
-            lambda: BEAT_TICK in system.log("beat")[beat_mark:],
-            timeout=60,
-            message=f"beat to tick again after the restart ({system.logs})",
-        )
-        beat_after = first_tick_at(system.log("beat")[beat_mark:]) - up_wall
-        # the one worker started above, never restarted, applied what came after
-        worker_alive = system.running["worker"].poll() is None
-        states = Ledger(store).states(sorted({d.job_id for d in deliveries}))
-    finally:
-        system.stop_all()
-        store.cleanup()
+    probe = ReadyzProbe(system)
+    outage = stream_through_outage(
+        system,
+        store,
+        f"rk{fsync[:3]}",
+        seconds=TOTAL,
+        take_down=store.kill,
+        down=DOWN,
+        pause_pool=True,
+        probe=probe,
+    )
+    down_at, up_at = outage.down_at, outage.starting_at
+    counts, deliveries, reserved = outage.counts, outage.deliveries, outage.reserved
+    applied_after = outage.counted_at - up_at
+    wait_for(
+        lambda: BEAT_TICK in system.log("beat")[outage.beat_mark :],
+        timeout=60,
+        message=f"beat to tick again after the restart ({system.logs})",
+    )
+    beat_after = first_tick_at(system.log("beat")[outage.beat_mark :]) - outage.started_wall
+    # the one worker started above, never restarted, applied what came after
+    worker_alive = system.running["worker"].poll() is None
+    states = Ledger(store).states(sorted({d.job_id for d in deliveries}))
 
     while_down = timeline.within(down_at, up_at)
     readyz_down = probe.between(down_at, up_at)
@@ -268,13 +347,13 @@ def test_redis_killed_mid_stream_loses_nothing_acknowledged(monkeypatch, fsync):
     report(
         f"redis SIGKILL mid-stream (appendfsync {fsync})",
         counts,
-        first_pass_acknowledged=first_pass,
+        first_pass_acknowledged=outage.first_pass,
         while_down=statuses(while_down),
         readyz_while_down=statuses([s for s, _ in readyz_down]),
         reserved_at_kill=len(reserved),
         reserved_applied=reserved_applied,
         first_2xx_after_s=_round(timeline.first_ack_after(up_at)),
-        readyz_200_after_s=round(ready_after, 1),
+        readyz_200_after_s=round(outage.ready_at - up_at, 1),
         all_applied_after_s=round(applied_after, 1),
         beat_tick_after_s=round(beat_after, 1),
         wall_s=round(time.monotonic() - began, 1),
@@ -296,7 +375,7 @@ def test_redis_killed_mid_stream_loses_nothing_acknowledged(monkeypatch, fsync):
 
 
 @pytest.mark.timeout(240)
-def test_redis_restarted_gracefully_mid_stream_loses_nothing(monkeypatch):
+def test_redis_restarted_gracefully_mid_stream_loses_nothing(monkeypatch, store, system):
     """`store.restart()`: SIGTERM (Redis fsyncs the AOF and exits), then start on
     the same port and dir (the AOF is replayed). The gap is short, so this is
     the case where a task that failed during it can find Redis back already
@@ -304,35 +383,16 @@ def test_redis_restarted_gracefully_mid_stream_loses_nothing(monkeypatch):
     across the stop, as in the SIGKILL test, so some tasks run in the gap).
     Nothing acknowledged may be lost, nothing applied twice."""
     timeline = Timeline().install(monkeypatch)
-    store = FaultRedis().start()
-    system = start_system(store)
+    start_processes(system)
     began = time.monotonic()
-    try:
-        jobs = new_jobs(int(RATE * 12), "rg")
-        register_jobs(store, jobs)
-        deliveries = one_delivery_each(jobs)
-        stream = Stream(system, deliveries, rate=RATE).start()
-        time.sleep(BEFORE - 1.5)
-        signal_pool(system, signal.SIGSTOP)
-        time.sleep(1.5)
-        stopping_at = time.monotonic()
-        store.stop()  # store.restart() is stop() then start(); timed apart here
-        down_at = time.monotonic()
-        signal_pool(system, signal.SIGCONT)
-        store.start()
-        up_at = time.monotonic()
-        reserved = reserved_deliveries(store)
-        wait_for(system.ready, timeout=30, message="/readyz 200 after the restart")
-        ready_after = time.monotonic() - up_at
-        stream.join(120)
-        first_pass = sum(1 for d in deliveries if d.acknowledged)
-        resend_unacknowledged(system, deliveries)
-        counts = count(Ledger(store), deliveries, timeout=90)
-        applied_after = time.monotonic() - up_at
-        store_states = Ledger(store).states(sorted({d.job_id for d in deliveries}))
-    finally:
-        system.stop_all()
-        store.cleanup()
+    # store.restart() is stop() then start(); timed apart here
+    outage = stream_through_outage(
+        system, store, "rg", seconds=12, take_down=store.stop, pause_pool=True
+    )
+    stopping_at, down_at, up_at = outage.going_down_at, outage.down_at, outage.started_at
+    counts, deliveries, reserved = outage.counts, outage.deliveries, outage.reserved
+    applied_after = outage.counted_at - up_at
+    store_states = Ledger(store).states(sorted({d.job_id for d in deliveries}))
 
     # No "never 2xx" window here: the new server answers within a fraction of a
     # second of its start, well before start() notices (its first PING waits
@@ -342,7 +402,7 @@ def test_redis_restarted_gracefully_mid_stream_loses_nothing(monkeypatch):
     report(
         "redis SIGTERM+start mid-stream",
         counts,
-        first_pass_acknowledged=first_pass,
+        first_pass_acknowledged=outage.first_pass,
         shutdown_s=round(down_at - stopping_at, 2),
         start_s=round(up_at - down_at, 2),
         while_shutting_down=statuses(timeline.within(stopping_at, down_at)),
@@ -350,7 +410,7 @@ def test_redis_restarted_gracefully_mid_stream_loses_nothing(monkeypatch):
         reserved_at_restart=len(reserved),
         reserved_applied=applied_among(reserved, deliveries, store_states),
         first_2xx_after_s=_round(timeline.first_ack_after(up_at)),
-        readyz_200_after_s=round(ready_after, 1),
+        readyz_200_after_s=round(outage.ready_at - up_at, 1),
         all_applied_after_s=round(applied_after, 1),
         wall_s=round(time.monotonic() - began, 1),
     )
@@ -365,49 +425,33 @@ def _round(value: float | None) -> float | None:
 
 
 @pytest.mark.timeout(240)
-def test_state_redis_killed_with_rabbitmq_broker_loses_nothing(monkeypatch):
+@pytest.mark.parametrize("broker", ["amqp"])
+def test_state_redis_killed_with_rabbitmq_broker_loses_nothing(monkeypatch, store, system):
     """RabbitMQ is the broker, the state Redis is SIGKILLed mid-stream. The claim
     needs Redis, so the receiver answers 503 (never 2xx) until it is back; the
     worker's state writes fail and are retried through RabbitMQ (which is up);
     after Redis returns everything acknowledged is applied once."""
     timeline = Timeline().install(monkeypatch)
-    store = FaultRedis().start()
-    system = start_system(store, "amqp")
+    start_processes(system)
     began = time.monotonic()
-    try:
-        jobs = new_jobs(int(RATE * TOTAL), "ra")
-        register_jobs(store, jobs)
-        deliveries = one_delivery_each(jobs)
-        probe = ReadyzProbe(system).start()
-        stream = Stream(system, deliveries, rate=RATE).start()
-        time.sleep(BEFORE)
-        store.kill()
-        down_at = time.monotonic()
-        time.sleep(DOWN)
-        up_at = time.monotonic()
-        store.start()
-        wait_for(system.ready, timeout=30, message="/readyz 200 after the restart")
-        ready_after = time.monotonic() - up_at
-        stream.join(120)
-        probe.stop()
-        first_pass = sum(1 for d in deliveries if d.acknowledged)
-        resend_unacknowledged(system, deliveries)
-        counts = count(Ledger(store), deliveries, timeout=90)
-        applied_after = time.monotonic() - up_at
-    finally:
-        system.stop_all()
-        store.cleanup()
+    probe = ReadyzProbe(system)
+    outage = stream_through_outage(
+        system, store, "ra", seconds=TOTAL, take_down=store.kill, down=DOWN, probe=probe
+    )
+    down_at, up_at = outage.down_at, outage.starting_at
+    counts = outage.counts
+    applied_after = outage.counted_at - up_at
 
     while_down = timeline.within(down_at, up_at)
     readyz_down = probe.between(down_at, up_at)
     report(
         "state redis SIGKILL mid-stream (rabbitmq broker)",
         counts,
-        first_pass_acknowledged=first_pass,
+        first_pass_acknowledged=outage.first_pass,
         while_down=statuses(while_down),
         readyz_while_down=statuses([s for s, _ in readyz_down]),
         first_2xx_after_s=_round(timeline.first_ack_after(up_at)),
-        readyz_200_after_s=round(ready_after, 1),
+        readyz_200_after_s=round(outage.ready_at - up_at, 1),
         all_applied_after_s=round(applied_after, 1),
         wall_s=round(time.monotonic() - began, 1),
     )

@@ -71,7 +71,6 @@ import time
 import pytest
 
 from tests.faults.fault_harness import (
-    FaultRedis,
     Ledger,
     System,
     new_jobs,
@@ -90,7 +89,12 @@ from tests.faults.fault_sequences import (
 )
 from webhook_ingest.state import keys
 
-pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.faults,
+    # JSON logs carry each delivery's id: a lost one can be traced through them
+    pytest.mark.system_env(LOG_FORMAT="json"),
+]
 
 JOBS = 1000
 EVENTS_PER_JOB = 10  # starting + 8 processing + terminal
@@ -146,18 +150,14 @@ def schedule(rng: random.Random, plans, seconds: float) -> list:
         ),
     ],
 )
-def test_soak_ten_thousand_deliveries_with_a_worker_restart(signal_name):
+def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signal_name):
     seed = int(os.environ.get("FAULTS_SEED") or random.randrange(2**32))
     print(f"\nsoak seed: {seed} (FAULTS_SEED={seed} reruns this sequence)")
     rng = random.Random(seed)
     started = time.monotonic()
 
-    store = FaultRedis().start()
-    # JSON logs carry each delivery's id: a lost one can be traced through them
-    system = System(store, extra_env={"LOG_FORMAT": "json"})
-    client = store.client()
     restarts: list[str] = []
-    try:
+    with store.client() as client:
         system.start_web()
         system.start_worker("worker-1")
         system.wait_worker_ready("worker-1")
@@ -214,10 +214,6 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(signal_name):
             )
             if (family := family_of(name))
         }
-    finally:
-        client.close()
-        system.stop_all()
-        store.cleanup()
 
     wrong = [
         (job_id, plan.terminal, {k: states[job_id].get(k) for k in plan.expected})

@@ -33,7 +33,9 @@ from kombu import Connection
 
 from tests.conftest import OPENAI_SECRET
 from tests.faults.fault_harness import (
+    BROKERS,
     VISIBILITY_TIMEOUT,
+    Counts,
     FaultRedis,
     Ledger,
     Stream,
@@ -49,7 +51,6 @@ from webhook_ingest.state import keys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
-BROKERS = ["redis", "amqp"]
 # celeryconfig's Redis transport option `unacked_restore_interval` (seconds between
 # the worker's sweeps that put back messages older than the visibility timeout).
 RESTORE_INTERVAL = 5
@@ -59,13 +60,6 @@ SLACK = 15
 # celery.concurrency.asynpool: the prefork pool's maintain_pool timer, which
 # finds dead children whose exit it did not see at once.
 POOL_MAINTENANCE = 5
-
-
-@pytest.fixture
-def store():
-    server = FaultRedis().start()
-    yield server
-    server.cleanup()
 
 
 # -- what a worker holds ----------------------------------------------------------
@@ -176,7 +170,7 @@ def vanished(store: FaultRedis, system: System, deliveries) -> list[str]:
         "amqp",
     ],
 )
-def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(store, broker):
+def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(store, system, broker):
     """SIGKILL the worker's process group while deliveries stream in and tasks are
     reserved; start a new worker at once; every acknowledged delivery is applied once.
 
@@ -194,70 +188,64 @@ def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(store,
     SLACK (15) = 30 s after the kill (kombu's default sweep, which scans only
     every 10th time, made this ~110 s: fixed in celeryconfig).
     """
-    system = System(store, broker)
     ledger = Ledger(store)
-    try:
-        system.start_web()
-        system.start_worker("worker")
-        system.wait_worker_ready("worker")
-        jobs = new_jobs(180, "wkill")
-        register_jobs(store, jobs)
-        deliveries = one_delivery_each(jobs)
-        stream = Stream(system, deliveries, rate=60).start()
-        wait_for(lambda: stream.answered >= 40, timeout=30, message="40 answers")
+    system.start_web()
+    system.start_worker("worker")
+    system.wait_worker_ready("worker")
+    jobs = new_jobs(180, "wkill")
+    register_jobs(store, jobs)
+    deliveries = one_delivery_each(jobs)
+    stream = Stream(system, deliveries, rate=60).start()
+    wait_for(lambda: stream.answered >= 40, timeout=30, message="40 answers")
 
-        # Kill the moment the worker is seen holding messages: on Redis a message in
-        # kombu's `unacked` hash; on RabbitMQ an acknowledged delivery not yet applied
-        # (a consumer with free prefetch gets a ready message within a millisecond).
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and stream.answered < len(deliveries) - 20:
-            if broker == "redis":
-                hint = bool(reserved_on_redis(store))
-            else:
-                acked = [d.job_id for d in deliveries if d.acknowledged]
-                hint = len(acked) > len(completed(ledger, acked))
-            if hint:
-                break
-            time.sleep(0.005)
-        # Freeze the pool so a message it was handed cannot be acknowledged between
-        # the look above and the kill (seen in CI: the hint's message acked in that
-        # gap, and the kill found nothing held); the main process keeps reserving.
-        for pid in system.children("worker"):
-            os.kill(pid, signal.SIGSTOP)
+    # Kill the moment the worker is seen holding messages: on Redis a message in
+    # kombu's `unacked` hash; on RabbitMQ an acknowledged delivery not yet applied
+    # (a consumer with free prefetch gets a ready message within a millisecond).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stream.answered < len(deliveries) - 20:
         if broker == "redis":
-            wait_for(lambda: reserved_on_redis(store), timeout=5, message="a reserved message")
+            hint = bool(reserved_on_redis(store))
         else:
-            time.sleep(0.5)
-        acked_before = [d.job_id for d in deliveries if d.acknowledged]
-        killed_at = time.time()
-        system.kill("worker")
-        # What the dead worker held, exactly: nothing moves until a worker is back.
-        held = reserved_on_redis(store) if broker == "redis" else held_on_amqp(system)
-        assert held, "the worker held no message when it was killed: nothing was tested"
-        held_jobs = sorted({h["job_id"] for h in held})
-        # Nothing applies now: what is not completed was not applied by the dead worker.
-        pending = sorted(set(acked_before) - completed(ledger, acked_before))
-        half_done = sorted(set(held_jobs) - set(pending))  # applied, killed before the ack
+            acked = [d.job_id for d in deliveries if d.acknowledged]
+            hint = len(acked) > len(completed(ledger, acked))
+        if hint:
+            break
+        time.sleep(0.005)
+    # Freeze the pool so a message it was handed cannot be acknowledged between
+    # the look above and the kill (seen in CI: the hint's message acked in that
+    # gap, and the kill found nothing held); the main process keeps reserving.
+    for pid in system.children("worker"):
+        os.kill(pid, signal.SIGSTOP)
+    if broker == "redis":
+        wait_for(lambda: reserved_on_redis(store), timeout=5, message="a reserved message")
+    else:
+        time.sleep(0.5)
+    acked_before = [d.job_id for d in deliveries if d.acknowledged]
+    killed_at = time.time()
+    system.kill("worker")
+    # What the dead worker held, exactly: nothing moves until a worker is back.
+    held = reserved_on_redis(store) if broker == "redis" else held_on_amqp(system)
+    assert held, "the worker held no message when it was killed: nothing was tested"
+    held_jobs = sorted({h["job_id"] for h in held})
+    # Nothing applies now: what is not completed was not applied by the dead worker.
+    pending = sorted(set(acked_before) - completed(ledger, acked_before))
+    half_done = sorted(set(held_jobs) - set(pending))  # applied, killed before the ack
 
-        system.start_worker("worker2")
-        system.wait_worker_ready("worker2")
-        stream.join()
-        # every redelivery falls within the bound asserted below; 10 s more for the rest
-        counts = count(
-            ledger, deliveries, timeout=VISIBILITY_TIMEOUT + RESTORE_INTERVAL + SLACK + 10
-        )
-        # Those the worker held, exactly (some may have been applied just before the
-        # kill and not acked: they come back too, and are found duplicates).
-        seen = wait_for(
-            lambda: after_kill(store, held_jobs, killed_at),
-            timeout=VISIBILITY_TIMEOUT + RESTORE_INTERVAL + SLACK + 30,
-            interval=0.2,
-            message="every message the worker held to be processed again",
-        )
-        redelivery = max(seen.values()) / 1000 - killed_at if seen else 0.0
-        gone = vanished(store, system, deliveries) if counts.lost else []
-    finally:
-        system.stop_all()
+    system.start_worker("worker2")
+    system.wait_worker_ready("worker2")
+    stream.join()
+    # every redelivery falls within the bound asserted below; 10 s more for the rest
+    counts = count(ledger, deliveries, timeout=VISIBILITY_TIMEOUT + RESTORE_INTERVAL + SLACK + 10)
+    # Those the worker held, exactly (some may have been applied just before the
+    # kill and not acked: they come back too, and are found duplicates).
+    seen = wait_for(
+        lambda: after_kill(store, held_jobs, killed_at),
+        timeout=VISIBILITY_TIMEOUT + RESTORE_INTERVAL + SLACK + 30,
+        interval=0.2,
+        message="every message the worker held to be processed again",
+    )
+    redelivery = max(seen.values()) / 1000 - killed_at if seen else 0.0
+    gone = vanished(store, system, deliveries) if counts.lost else []
 
     bound = SLACK if broker == "amqp" else VISIBILITY_TIMEOUT + RESTORE_INTERVAL + SLACK
     report(
@@ -292,7 +280,9 @@ def pool_child_calling(system: System, client_port: int) -> int | None:
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_a_pool_child_killed_mid_task_is_requeued_at_once_and_applied_once(store, broker, api):
+def test_a_pool_child_killed_mid_task_is_requeued_at_once_and_applied_once(
+    store, system, broker, api
+):
     """An OpenAI `response.completed` delivery makes the task fetch the response
     from the (fake) API; the fake holds its first answer for HOLD seconds, so the
     task is certainly running in one pool child, the one holding that connection.
@@ -309,70 +299,63 @@ def test_a_pool_child_killed_mid_task_is_requeued_at_once_and_applied_once(store
     show the WorkerLostError that triggers the requeue.
     """
     hold = 3.0  # below the task's hard time limit (VISIBILITY_TIMEOUT * 0.5 = 5 s)
-    system = System(store, broker, {"OPENAI_BASE_URL": f"{api.url}/v1"})
+    system.env["OPENAI_BASE_URL"] = f"{api.url}/v1"
     job_id = f"job-pool-{uuid.uuid4().hex[:8]}"
     response_id = f"resp_{uuid.uuid4().hex[:8]}"
     path = f"/v1/responses/{response_id}"
-    try:
-        system.start_web()
-        system.start_worker("worker", concurrency=2)
-        system.wait_worker_ready("worker")
-        main = psutil.Process(system.running["worker"].pid)
-        children = system.children("worker")
-        # the prefork pool: `concurrency` forks of the main worker process
-        assert len(children) == 2, children
-        assert all(psutil.Process(p).cmdline() == main.cmdline() for p in children)
+    system.start_web()
+    system.start_worker("worker", concurrency=2)
+    system.wait_worker_ready("worker")
+    main = psutil.Process(system.running["worker"].pid)
+    children = system.children("worker")
+    # the prefork pool: `concurrency` forks of the main worker process
+    assert len(children) == 2, children
+    assert all(psutil.Process(p).cmdline() == main.cmdline() for p in children)
 
-        from webhook_ingest.state.job_registry import JobRegistry
+    from webhook_ingest.state.job_registry import JobRegistry
 
-        client = store.client()
-        JobRegistry(client).register(job_id, "openai", response_id)
-        api.respond(
-            "GET", path, (200, {"id": response_id, "status": "completed", "output": ["hi"]})
-        )
-        api.hold("GET", path, hold)
-        event = {
-            "object": "event",
-            "id": f"evt_{uuid.uuid4().hex[:8]}",
-            "type": "response.completed",
-            "created_at": int(time.time()),
-            "data": {"id": response_id},
-        }
-        body = body_of(event)
-        delivery_id = f"msg_{uuid.uuid4().hex}"
-        answer = requests_post(
-            f"{system.url}/webhook/openai", body, signed_headers(OPENAI_SECRET, body, delivery_id)
-        )
-        assert 200 <= answer < 300, answer
+    client = store.client()
+    JobRegistry(client).register(job_id, "openai", response_id)
+    api.respond("GET", path, (200, {"id": response_id, "status": "completed", "output": ["hi"]}))
+    api.hold("GET", path, hold)
+    event = {
+        "object": "event",
+        "id": f"evt_{uuid.uuid4().hex[:8]}",
+        "type": "response.completed",
+        "created_at": int(time.time()),
+        "data": {"id": response_id},
+    }
+    body = body_of(event)
+    delivery_id = f"msg_{uuid.uuid4().hex}"
+    answer = requests_post(
+        f"{system.url}/webhook/openai", body, signed_headers(OPENAI_SECRET, body, delivery_id)
+    )
+    assert 200 <= answer < 300, answer
 
-        wait_for(lambda: api.calls("GET", path) >= 1, timeout=20, message="the fetch")
-        port = next(r["client"][1] for r in api.requests if r["path"] == path)
-        victim = wait_for(
-            lambda: pool_child_calling(system, port), timeout=2, message="the calling child"
-        )
-        killed_at = time.time()
-        psutil.Process(victim).kill()
+    wait_for(lambda: api.calls("GET", path) >= 1, timeout=20, message="the fetch")
+    port = next(r["client"][1] for r in api.requests if r["path"] == path)
+    victim = wait_for(
+        lambda: pool_child_calling(system, port), timeout=2, message="the calling child"
+    )
+    killed_at = time.time()
+    psutil.Process(victim).kill()
 
-        wait_for(
-            lambda: client.hget(keys.job_state(job_id), "status") == "completed",
-            timeout=VISIBILITY_TIMEOUT * 3,
-            message="the delivery to be applied after the child's kill",
-        )
-        applied_after = last_observation_ms(store, [job_id])[job_id] / 1000 - killed_at
-        applications = Ledger(store).applications([job_id])
-        fetches = api.calls("GET", path)
-        time.sleep(1)  # a second, late run would show here
-        events = [json.loads(e) for e in client.lrange(keys.job_events(job_id), 0, -1)]
-        client.close()
-        # the pool healed: the dead child was replaced
-        wait_for(lambda: len(system.children("worker")) == 2, timeout=10, message="2 children")
-        assert victim not in system.children("worker")
-        assert system.running["worker"].poll() is None
-        log = system.log("worker")
-    finally:
-        system.stop_all()
-
-    from tests.faults.fault_harness import Counts
+    wait_for(
+        lambda: client.hget(keys.job_state(job_id), "status") == "completed",
+        timeout=VISIBILITY_TIMEOUT * 3,
+        message="the delivery to be applied after the child's kill",
+    )
+    applied_after = last_observation_ms(store, [job_id])[job_id] / 1000 - killed_at
+    applications = Ledger(store).applications([job_id])
+    fetches = api.calls("GET", path)
+    time.sleep(1)  # a second, late run would show here
+    events = [json.loads(e) for e in client.lrange(keys.job_events(job_id), 0, -1)]
+    client.close()
+    # the pool healed: the dead child was replaced
+    wait_for(lambda: len(system.children("worker")) == 2, timeout=10, message="2 children")
+    assert victim not in system.children("worker")
+    assert system.running["worker"].poll() is None
+    log = system.log("worker")
 
     applied = 1 if applications[delivery_id] >= 1 else 0
     counts = Counts(

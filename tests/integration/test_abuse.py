@@ -35,9 +35,7 @@ import redis
 from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
-from tests.support import PrivateRedis, celery_for, free_port, wait_for
-from webhook_ingest.services import build_services
-from webhook_ingest.web.app import create_app
+from tests.support import free_port, logged_text, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -115,39 +113,10 @@ def valid_body(provider: str) -> bytes:
 # -- the app on a Redis of its own ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def private_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.cleanup()
-
-
-@dataclass
-class Target:
-    client: object
-    raw: redis.Redis
-
-    def snapshot(self) -> dict[bytes, bytes]:
-        return {k: self.raw.dump(k) for k in self.raw.keys("*") if not k.startswith(b"LIMITS:")}
-
-    def queued(self) -> int:
-        return self.raw.llen(QUEUE)
-
-
 @pytest.fixture
-def target(private_redis):
-    environ = dict(os.environ, REDIS_URL=private_redis.url, CELERY_BROKER_URL=private_redis.url)
-    environ.update(EDGE_ENV)
-    services = build_services(environ=environ)
-    celery_app = celery_for(private_redis.url)
-    flask_app = create_app(services, celery_app)
-    flask_app.testing = True
-    raw = redis.Redis.from_url(private_redis.url)
-    raw.flushall()
-    yield Target(client=flask_app.test_client(), raw=raw)
-    celery_app.close()
-    services.redis.close()
-    raw.close()
+def target(receiver_with):
+    """The receiver with the edge settings on the module's private Redis, emptied."""
+    return receiver_with(**EDGE_ENV)
 
 
 # -- the flood ---------------------------------------------------------------------------
@@ -539,11 +508,6 @@ def test_an_authentic_but_deeply_nested_body_is_400_not_500(target, opener, dept
 
 
 # -- secrets in the app's log records ---------------------------------------------------------
-
-
-def logged_text(records) -> str:
-    """Messages, arguments and every attribute (`extra`) of each record."""
-    return "\n".join(f"{r.getMessage()} {r.args!r} {vars(r)!r}" for r in records)
 
 
 def mixed_batch() -> list[Attempt]:

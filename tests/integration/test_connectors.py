@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 import uuid
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ from tests.support import body_of, signed_headers, wait_for
 from webhook_ingest.handoff.publish import INGEST_TASK
 from webhook_ingest.providers import JobRef, JobRequest, WebhookCapableConnector, load_providers
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound, ProviderUnavailable
-from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 from webhook_ingest.submission import JobConflict, submit_job
 
@@ -32,20 +30,13 @@ HOOKS = "https://hooks.example.com"
 STABILITY_KEY = "sk-stability-test-key"
 
 
-def services_with(**overrides):
-    """Services built from an explicit environment: conftest's plus `overrides`
-    (a None value removes the variable)."""
-    environ = {**os.environ, **overrides}
-    return build_services(environ={k: v for k, v in environ.items() if v is not None})
-
-
 @pytest.fixture
-def hooked(redis_client, api):
+def hooked(services_with, api):
     return services_with(WEBHOOK_BASE_URL=HOOKS)
 
 
 @pytest.fixture
-def keyed(redis_client, api):
+def keyed(services_with, api):
     return services_with(STABILITY_API_KEY=STABILITY_KEY)
 
 
@@ -110,7 +101,7 @@ def test_replicate_webhook_config_is_per_job(hooked):
     assert config.auth == "standard-webhooks"
 
 
-def test_webhook_base_url_defaults_to_localhost_on_port_8000(redis_client, api):
+def test_webhook_base_url_defaults_to_localhost_on_port_8000(services_with):
     services = services_with(WEBHOOK_BASE_URL=None, PORT=None)
 
     assert services.providers["openai"].get_webhook_config("j").url == (
@@ -121,7 +112,7 @@ def test_webhook_base_url_defaults_to_localhost_on_port_8000(redis_client, api):
     )
 
 
-def test_webhook_base_url_defaults_to_localhost_on_the_receiver_port(redis_client, api):
+def test_webhook_base_url_defaults_to_localhost_on_the_receiver_port(services_with):
     services = services_with(WEBHOOK_BASE_URL=None, PORT="9123")
 
     assert services.providers["openai"].get_webhook_config("j").url == (
@@ -129,7 +120,7 @@ def test_webhook_base_url_defaults_to_localhost_on_the_receiver_port(redis_clien
     )
 
 
-def test_a_trailing_slash_on_webhook_base_url_makes_no_double_slash(redis_client, api):
+def test_a_trailing_slash_on_webhook_base_url_makes_no_double_slash(services_with):
     services = services_with(WEBHOOK_BASE_URL=f"{HOOKS}/")
 
     assert services.providers["openai"].get_webhook_config("j").url == f"{HOOKS}/webhook/openai"

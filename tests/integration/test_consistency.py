@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import uuid
 from contextlib import contextmanager
 
@@ -32,7 +31,6 @@ from tests.support import Subscriber, body_of, signed_headers, wait_for
 from webhook_ingest.clock import now_ms
 from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.operations.consistency import ConsistencyCheck
-from webhook_ingest.services import build_services
 from webhook_ingest.state.job_update import JobStateUpdate
 from webhook_ingest.state.store import StateStore, keys
 
@@ -63,20 +61,14 @@ def ext(prefix: str) -> str:
 
 
 @pytest.fixture
-def make_check(redis_client, api):
+def make_check(services_with, api):
     """`make_check(**settings)` -> a ConsistencyCheck with its own Services (its own
     connections, as another process would have) on the test database."""
-    built = []
 
     def make(**settings: object) -> ConsistencyCheck:
-        environ = {**os.environ, **{name: str(value) for name, value in settings.items()}}
-        services = build_services(environ=environ)
-        built.append(services)
-        return ConsistencyCheck(services)
+        return ConsistencyCheck(services_with(**settings))
 
-    yield make
-    for services in built:
-        services.redis.close()
+    return make
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 
 - A bad file stops the process at start, and the error names the field.
 - The GitHub-style provider of `examples/providers.yaml` (the file itself, copied
-  to tmp_path) receives workflow runs: signed here with Python's hmac the way
-  GitHub documents it (`X-Hub-Signature-256: sha256=<hex>`), verified by the
+  to tmp_path) receives workflow runs: signed with Python's hmac the way GitHub
+  documents it (`X-Hub-Signature-256: sha256=<hex>`; tests/support.py), verified by the
   receiver, queued on a private Redis, applied by a real worker process (e2e) or
   by calling `ingest` on the queued message.
+- What every provider's webhook does (accepted, tampered, duplicate, rotation) is
+  checked for the example's provider by tests/integration/test_provider_contract.py.
 - Payloads map through the configured paths and status_map; an unmapped status is
   a PayloadError, which the worker parks.
 - The orphan poller recovers a declarative provider's jobs from the fake API.
@@ -29,13 +31,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ADMIN_TOKEN
-from tests.support import PrivateRedis, celery_for, signed_headers, wait_for
+from tests.support import QUEUE, Receiver, environ_with, signed_headers, wait_for
+from tests.support import github_headers as signed_as_github
 from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.ingest import IngestOutcome, ingest
@@ -43,16 +44,12 @@ from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError, load_providers
 from webhook_ingest.providers.declarative import DeclarativeProvider
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound
-from webhook_ingest.services import build_services
-from webhook_ingest.state import keys
 from webhook_ingest.state.job_registry import JobNotFound
 from webhook_ingest.state.job_update import validated
-from webhook_ingest.web.app import create_app
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EXAMPLE = ROOT / "examples" / "providers.yaml"
-QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 
 GITHUB_SECRET = "gh-" + secrets.token_hex(20)
 GITHUB_TOKEN = "github_pat_" + secrets.token_hex(16)
@@ -74,17 +71,20 @@ def write(tmp_path: Path, document, name: str = "providers.yaml") -> Path:
     return path
 
 
-def environ_for(path: Path, redis_url: str | None = None, **extra: str | None) -> dict[str, str]:
-    environ = {
-        **os.environ,
+def declared(path: Path, **extra: str | None) -> dict[str, str | None]:
+    """The variables a providers file and the providers in it read (None unsets)."""
+    return {
         "WEBHOOK_PROVIDERS_FILE": str(path),
         "WEBHOOK_SECRET_GITHUB": GITHUB_SECRET,
         "GITHUB_TOKEN": GITHUB_TOKEN,
         "ACME_SECRET": ACME_SECRET,
-        **({"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url} if redis_url else {}),
         **extra,
     }
-    return {name: value for name, value in environ.items() if value is not None}
+
+
+def environ_for(path: Path, redis_url: str | None = None, **extra: str | None) -> dict[str, str]:
+    on = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url} if redis_url else {}
+    return environ_with(**declared(path, **on, **extra))
 
 
 def providers_of(environ: dict[str, str]):
@@ -377,62 +377,15 @@ def test_a_url_token_provider_puts_its_first_token_into_the_webhook_url(tmp_path
 # -- apps on a private Redis -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def private_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.cleanup()
-
-
-class Stack:
-    """The receiver and its services on the private Redis; deliveries stay queued there."""
-
-    def __init__(self, environ: dict[str, str], redis_url: str) -> None:
-        self.services = build_services(environ=environ)
-        self.celery = celery_for(redis_url)
-        app = create_app(self.services, self.celery)
-        app.testing = True
-        self.client = app.test_client()
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-
-    def register(self, job_id: str, provider: str, external_id: str) -> None:
-        answer = self.client.post(
-            "/jobs",
-            json={"job_id": job_id, "provider": provider, "external_job_id": external_id},
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        assert answer.status_code == 201, answer.get_json()
-
-    def state(self, job_id: str) -> dict[str, str]:
-        return self.redis.hgetall(keys.job_state(job_id))
-
-    def take_queued(self) -> Delivery:
-        """The oldest queued delivery, as the worker would receive it."""
-        raw = self.redis.rpop(QUEUE)
-        assert raw is not None, "nothing was queued"
-        args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
-        return Delivery.from_message(args[0])
-
-    def close(self) -> None:
-        self.celery.close()
-        self.services.redis.close()
-        self.redis.close()
-
-
 @pytest.fixture
-def stack_for(private_redis, fake_api):
-    created = []
+def stack_for(receiver_with, fake_api):
+    """`stack_for(path, **environ)`: the receiver and its services with the providers
+    of `path`, on the module's private Redis; deliveries stay queued there."""
 
-    def build(path: Path, **extra: str) -> Stack:
-        environ = environ_for(path, private_redis.url, GITHUB_BASE_URL=fake_api.url, **extra)
-        stack = Stack(environ, private_redis.url)
-        created.append(stack)
-        return stack
+    def build(path: Path, **extra: str) -> Receiver:
+        return receiver_with(**declared(path, GITHUB_BASE_URL=fake_api.url, **extra))
 
-    redis.Redis.from_url(private_redis.url).flushall()  # our own server
-    yield build
-    for stack in created:
-        stack.close()
+    return build
 
 
 @pytest.fixture
@@ -464,17 +417,11 @@ def workflow_run(run_id: int, status: str, conclusion: str | None = None) -> byt
 
 
 def github_headers(body: bytes, delivery: str | None = None, secret: str = GITHUB_SECRET):
-    """GitHub's documented scheme: HMAC-SHA256 of the raw payload, hex, after `sha256=`."""
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {
-        "X-Hub-Signature-256": f"sha256={digest}",
-        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-        "X-GitHub-Event": "workflow_run",
-        "Content-Type": "application/json",
-    }
+    """Signed as GitHub signs (tests.support.github_headers), by default with our secret."""
+    return signed_as_github(secret, body, delivery)
 
 
-def deliver(stack: Stack, body: bytes, headers: dict, path: str = "/webhook/github"):
+def deliver(stack: Receiver, body: bytes, headers: dict, path: str = "/webhook/github"):
     return stack.client.post(path, data=body, headers=headers)
 
 
@@ -498,20 +445,6 @@ def test_a_workflow_run_is_received_and_applied_from_the_queued_message(github_s
     assert state["source"] == "webhook"
 
 
-def test_the_delivery_id_is_github_s_and_a_redelivery_is_a_duplicate(github_stack, job_id):
-    github_stack.register(job_id, "github", "77")
-    body = workflow_run(77, "in_progress")
-    headers = github_headers(body, delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
-
-    assert deliver(github_stack, body, headers).status_code == 202
-    again = deliver(github_stack, body, headers)
-
-    assert again.status_code == 200
-    assert again.get_json() == {"received": True, "duplicate": True}
-    assert github_stack.take_queued().delivery_id == "72d3162e-cc78-11e3-81ab-4c9367dc0958"
-    assert github_stack.redis.llen(QUEUE) == 0
-
-
 def test_the_per_job_url_works_too(github_stack, job_id):
     github_stack.register(job_id, "github", "78")
     body = workflow_run(78, "completed", "cancelled")
@@ -527,13 +460,13 @@ def test_the_per_job_url_works_too(github_stack, job_id):
 
 @pytest.mark.parametrize(
     "tamper",
+    # a changed body is the provider contract's case (tests/integration/test_provider_contract.py)
     [
-        lambda body, headers: (body.replace(b"success", b"failure"), headers),
         lambda body, headers: (body, {**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64}),
         lambda body, headers: (body, {k: v for k, v in headers.items() if "Signature" not in k}),
         lambda body, _: (body, github_headers(body, secret="not-the-secret-0123456789")),
     ],
-    ids=["body-changed", "wrong-signature", "unsigned", "other-secret"],
+    ids=["wrong-signature", "unsigned", "other-secret"],
 )
 def test_a_delivery_not_signed_with_the_secret_is_refused_and_not_queued(
     github_stack, job_id, tamper
@@ -616,7 +549,7 @@ def acme_stack(stack_for, tmp_path):
     return stack_for(write(tmp_path, {"providers": [MAPPED]}))
 
 
-def acme_post(stack: Stack, payload: dict, path: str):
+def acme_post(stack: Receiver, payload: dict, path: str):
     body = json.dumps(payload).encode()
     signature = hmac.new(ACME_SECRET.encode(), body, hashlib.sha256).hexdigest()
     answer = deliver(stack, body, {"X-Acme-Signature": signature}, path)
@@ -624,7 +557,7 @@ def acme_post(stack: Stack, payload: dict, path: str):
     return stack.take_queued()
 
 
-def acme_delivery(stack: Stack, job_id: str, job: dict) -> Delivery:
+def acme_delivery(stack: Receiver, job_id: str, job: dict) -> Delivery:
     return acme_post(stack, {"job": {"id": "a-1", **job}}, f"/webhook/acme/{job_id}")
 
 
@@ -890,12 +823,11 @@ class WorkerProcess:
 
 @pytest.mark.e2e
 def test_a_github_delivery_reaches_job_state_through_a_real_worker(
-    private_redis, fake_api, tmp_path, job_id
+    stack_for, private_redis, fake_api, tmp_path, job_id
 ):
     path = write(tmp_path, EXAMPLE.read_text())
+    stack = stack_for(path)
     environ = environ_for(path, private_redis.url, GITHUB_BASE_URL=fake_api.url)
-    redis.Redis.from_url(private_redis.url).flushall()  # our own server
-    stack = Stack(environ, private_redis.url)
     worker = WorkerProcess(environ, tmp_path / "worker.log")
     try:
         stack.register(job_id, "github", "30433642")
@@ -918,7 +850,6 @@ def test_a_github_delivery_reaches_job_state_through_a_real_worker(
         state = stack.state(job_id)
     finally:
         worker.stop()
-        stack.close()
 
     assert state["progress"] == "100"
     assert state["source"] == "webhook"

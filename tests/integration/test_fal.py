@@ -1,19 +1,19 @@
 """fal.ai (issue 4; providers.md): Ed25519 deliveries checked with keys from a JWKS,
 the key cache, the status mapping, submit and poll.
 
-Every signature is made here with a fresh Ed25519 key from `cryptography`, over the
-message fal documents (`request_id\\nuser_id\\ntimestamp\\nsha256hex(body)`), and
-its public half is served as a JWKS by the fake API server: the code under test
-sees only what fal would send. Cache time is a fake clock passed in; no test
-waits for a TTL or measures time.
+Every signature is made with a fresh Ed25519 key from `cryptography`, over the
+message fal documents (`request_id\\nuser_id\\ntimestamp\\nsha256hex(body)`;
+tests.support.fal_headers), and its public half is served as a JWKS by the fake
+API server: the code under test sees only what fal would send. Cache time is a
+fake clock passed in; no test waits for a TTL or measures time.
+
+What every provider's webhook does (accepted, tampered body, duplicate, two keys
+mid-rotation) is checked for fal by tests/integration/test_provider_contract.py.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
 import time
 import uuid
 from urllib.parse import urlencode
@@ -22,18 +22,25 @@ import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import client_for, free_port, wait_for
+from tests.support import (
+    b64url,
+    client_for,
+    fal_headers,
+    free_port,
+    jwk_of,
+    jwks,
+    new_ed25519_key,
+    wait_for,
+)
 from webhook_ingest.config import ConfigError
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.ingest import ingest
 from webhook_ingest.providers import JobRef, JobRequest, PayloadError
 from webhook_ingest.providers.fal import FAL_JWKS_URL
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound
-from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import SOURCE_WEBHOOK
 from webhook_ingest.submission import submit_job
@@ -42,6 +49,7 @@ from webhook_ingest.verification import (
     JwksCache,
     VerificationError,
     VerificationUnavailable,
+    Verified,
 )
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -52,49 +60,7 @@ TTL = 3600
 REFETCH = 60
 
 
-# -- signing as fal does ----------------------------------------------------------
-
-
-def new_key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-def b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def jwk_of(private: Ed25519PrivateKey) -> dict:
-    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return {
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "x": b64url(raw),
-        "kid": uuid.uuid4().hex,
-        "use": "sig",
-        "alg": "EdDSA",
-    }
-
-
-def jwks(*private_keys: Ed25519PrivateKey) -> dict:
-    return {"keys": [jwk_of(key) for key in private_keys]}
-
-
-def fal_headers(
-    private: Ed25519PrivateKey,
-    body: bytes,
-    request_id: str,
-    user_id: str = "user-1234",
-    timestamp: float | None = None,
-) -> dict[str, str]:
-    moment = str(int(time.time() if timestamp is None else timestamp))
-    message = "\n".join([request_id, user_id, moment, hashlib.sha256(body).hexdigest()])
-    return {
-        "X-Fal-Webhook-Request-Id": request_id,
-        "X-Fal-Webhook-User-Id": user_id,
-        "X-Fal-Webhook-Timestamp": moment,
-        "X-Fal-Webhook-Signature": private.sign(message.encode()).hex(),
-        "Content-Type": "application/json",
-    }
+# -- what fal sends ---------------------------------------------------------------
 
 
 def completion(request_id: str, **fields) -> bytes:
@@ -115,27 +81,26 @@ def new_request_id() -> str:
 # -- the service on fal settings ------------------------------------------------
 
 
-def fal_environ(api, **overrides) -> dict[str, str]:
-    environ = {
-        **os.environ,
+def fal_settings(api, **overrides: str | None) -> dict[str, str | None]:
+    """fal's variables, keys and API on the fake server (for `services_with`)."""
+    return {
         "WEBHOOK_JWKS_URL_FAL": f"{api.url}{JWKS_PATH}",
         "FAL_BASE_URL": api.url,
         "FAL_API_KEY": FAL_API_KEY,
         "WEBHOOK_BASE_URL": HOOKS,
         **overrides,
     }
-    return {name: value for name, value in environ.items() if value is not None}
 
 
 @pytest.fixture
 def signer():
-    return new_key()
+    return new_ed25519_key()
 
 
 @pytest.fixture
-def fal_services(redis_client, api, signer):
+def fal_services(services_with, api, signer):
     api.respond("GET", JWKS_PATH, (200, jwks(signer)))
-    return build_services(environ=fal_environ(api))
+    return services_with(**fal_settings(api))
 
 
 @pytest.fixture
@@ -179,11 +144,18 @@ def cache_for(api, client=None, clock=None, provider="fal") -> JwksCache:
     )
 
 
-def verify_with(cache: JwksCache, private: Ed25519PrivateKey, request_id: str | None = None):
+def verify_with(
+    cache: JwksCache, private: Ed25519PrivateKey, request_id: str | None = None
+) -> Verified:
+    """A completion signed with `private` as fal signs it, through the verifier. What
+    a verification proves is checked each time: fal's request id and the signed time."""
     request_id = request_id or new_request_id()
     body = completion(request_id)
-    verifier = Ed25519JwksVerifier(cache, TOLERANCE)
-    return verifier.verify(body, fal_headers(private, body, request_id))
+    headers = fal_headers(private, body, request_id)
+    verified = Ed25519JwksVerifier(cache, TOLERANCE).verify(body, headers)
+    signed_at = int(headers["X-Fal-Webhook-Timestamp"])
+    assert verified == Verified(delivery_id=request_id, timestamp=signed_at)
+    return verified
 
 
 # -- accepted and applied ---------------------------------------------------------
@@ -212,24 +184,6 @@ def test_a_signed_completion_is_accepted_and_applied_by_the_worker(
     assert state["provider"] == "fal"
     assert state["source"] == "webhook"
     assert state["progress"] == "100"
-
-
-def test_the_request_id_is_the_delivery_id_so_a_retry_is_a_duplicate(
-    fal_client, fal_services, signer, job_id
-):
-    request_id = new_request_id()
-    fal_services.jobs.register(job_id, "fal", request_id)
-    body = completion(request_id)
-    first = post(fal_client, job_id, body, fal_headers(signer, body, request_id))
-
-    # fal's retry is signed again, later: same request id, new timestamp and signature
-    retry = post(
-        fal_client, job_id, body, fal_headers(signer, body, request_id, timestamp=time.time() + 5)
-    )
-
-    assert first.status_code == 202
-    assert retry.status_code == 200
-    assert retry.get_json() == {"received": True, "duplicate": True}
 
 
 # -- the payload mapping ----------------------------------------------------------
@@ -300,10 +254,6 @@ def test_a_result_too_large_for_the_webhook_is_fetched_from_the_queue(fal_servic
 # -- rejected: 401 ----------------------------------------------------------------
 
 
-def _tamper_body(body, headers):
-    return body.replace(b"42", b"43"), headers
-
-
 def _header(name, value):
     def tamper(body, headers):
         return body, {**headers, name: value(headers[name])}
@@ -322,8 +272,8 @@ def _flip_last_hex_digit(signature: str) -> str:
     return signature[:-1] + ("0" if signature[-1] != "0" else "1")
 
 
+# A changed body is the provider contract's case (tests/integration/test_provider_contract.py).
 TAMPERINGS = {
-    "body": _tamper_body,
     # a different last character, whatever it was (a fixed "0" is no change 1 time in 16)
     "request-id": _header(
         "X-Fal-Webhook-Request-Id", lambda v: v[:-1] + ("1" if v[-1] == "0" else "0")
@@ -363,7 +313,7 @@ def test_a_delivery_signed_by_a_key_not_in_the_set_is_rejected(fal_client, signe
     request_id = new_request_id()
     body = completion(request_id)
 
-    answer = post(fal_client, job_id, body, fal_headers(new_key(), body, request_id))
+    answer = post(fal_client, job_id, body, fal_headers(new_ed25519_key(), body, request_id))
 
     assert answer.status_code == 401
     assert answer.get_json() == {"error": "verification failed: no matching signature"}
@@ -394,27 +344,13 @@ def test_a_timestamp_inside_the_tolerance_is_accepted(fal_client, fal_services, 
 # -- key rotation -----------------------------------------------------------------
 
 
-def test_with_two_keys_in_the_set_either_one_verifies(redis_client, api, quiet_broker, job_id):
-    old, new = new_key(), new_key()
-    api.respond("GET", JWKS_PATH, (200, jwks(old, new)))
-    client = client_for(build_services(environ=fal_environ(api)), quiet_broker)
-
-    for private in (old, new):
-        request_id = new_request_id()
-        body = completion(request_id)
-        answer = post(client, job_id, body, fal_headers(private, body, request_id))
-        assert answer.status_code == 202, private
-
-    assert jwks_fetches(api) == 1
-
-
 def test_a_key_added_after_the_cache_was_filled_is_picked_up_by_a_refetch(
     fal_client, api, signer, job_id
 ):
     first = new_request_id()
     body = completion(first)
     assert post(fal_client, job_id, body, fal_headers(signer, body, first)).status_code == 202
-    rotated = new_key()
+    rotated = new_ed25519_key()
     api.respond("GET", JWKS_PATH, (200, jwks(signer, rotated)))
 
     second = new_request_id()
@@ -430,7 +366,7 @@ def test_unknown_key_refetches_are_rate_limited(api, redis_client, signer):
     api.respond("GET", JWKS_PATH, (200, jwks(signer)))
     cache = cache_for(api, redis_client, clock)
     verify_with(cache, signer)
-    second, third = new_key(), new_key()
+    second, third = new_ed25519_key(), new_ed25519_key()
     api.respond("GET", JWKS_PATH, (200, jwks(signer, second)))
     verify_with(cache, second)  # the first miss refetches at once
     api.respond("GET", JWKS_PATH, (200, jwks(signer, second, third)))
@@ -438,14 +374,15 @@ def test_unknown_key_refetches_are_rate_limited(api, redis_client, signer):
     with pytest.raises(VerificationError):
         verify_with(cache, third)  # within the interval: no refetch, rejected
     with pytest.raises(VerificationError):
-        verify_with(cache, new_key())
+        verify_with(cache, new_ed25519_key())
     fetches_within_interval = jwks_fetches(api)
     clock.advance(REFETCH)
-    verified = verify_with(cache, third)
+    request_id = new_request_id()
+    verified = verify_with(cache, third, request_id)
 
     assert fetches_within_interval == 2
     assert jwks_fetches(api) == 3
-    assert verified.delivery_id
+    assert verified.delivery_id == request_id
 
 
 def test_forged_signatures_cost_at_most_one_refetch_per_interval(api, redis_client, signer):
@@ -456,7 +393,7 @@ def test_forged_signatures_cost_at_most_one_refetch_per_interval(api, redis_clie
 
     for _ in range(30):
         with pytest.raises(VerificationError):
-            verify_with(cache, new_key())
+            verify_with(cache, new_ed25519_key())
 
     assert jwks_fetches(api) == 2
 
@@ -465,15 +402,16 @@ def test_a_rotation_another_process_fetched_is_taken_from_redis(api, redis_clien
     api.respond("GET", JWKS_PATH, (200, jwks(signer)))
     this_process = cache_for(api, redis_client)
     verify_with(this_process, signer)
-    rotated = new_key()
+    rotated = new_ed25519_key()
     api.respond("GET", JWKS_PATH, (200, jwks(signer, rotated)))
     other_process = cache_for(api, redis_client)
     verify_with(other_process, rotated)  # misses, refetches, shares through Redis
     api.respond("GET", JWKS_PATH, (500, {"error": "down"}))
 
-    verified = verify_with(this_process, rotated)
+    request_id = new_request_id()
+    verified = verify_with(this_process, rotated, request_id)
 
-    assert verified.delivery_id
+    assert verified.delivery_id == request_id
     # the first fill and the other process's refetch; this process only read Redis
     assert jwks_fetches(api) == 2
 
@@ -482,11 +420,15 @@ def test_a_rotation_another_process_fetched_is_taken_from_redis(api, redis_clien
 
 
 def test_twenty_deliveries_fetch_the_key_set_once(fal_client, fal_services, signer, api, job_id):
+    """Signed by either key of a set mid-rotation: one fetch serves both."""
+    rotated = new_ed25519_key()
+    api.respond("GET", JWKS_PATH, (200, jwks(signer, rotated)))
     request_ids = [new_request_id() for _ in range(20)]
-    for request_id in request_ids:
+    for n, request_id in enumerate(request_ids):
         body = completion(request_id)
+        key = (signer, rotated)[n % 2]
         answer = post(
-            fal_client, f"{job_id}-{request_id[:8]}", body, fal_headers(signer, body, request_id)
+            fal_client, f"{job_id}-{request_id[:8]}", body, fal_headers(key, body, request_id)
         )
         assert answer.status_code == 202
 
@@ -525,15 +467,15 @@ def test_the_process_cache_expires_after_its_ttl_and_refreshes(api, redis_client
 
 
 def test_with_the_key_server_down_and_nothing_cached_the_answer_is_503(
-    redis_client, api, quiet_broker, job_id
+    redis_client, services_with, api, quiet_broker, job_id
 ):
     nothing_listens = f"http://127.0.0.1:{free_port()}{JWKS_PATH}"
-    services = build_services(environ=fal_environ(api, WEBHOOK_JWKS_URL_FAL=nothing_listens))
+    services = services_with(**fal_settings(api, WEBHOOK_JWKS_URL_FAL=nothing_listens))
     client = client_for(services, quiet_broker)
     request_id = new_request_id()
     body = completion(request_id)
 
-    answer = post(client, job_id, body, fal_headers(new_key(), body, request_id))
+    answer = post(client, job_id, body, fal_headers(new_ed25519_key(), body, request_id))
 
     assert answer.status_code == 503
     assert answer.headers["Retry-After"]
@@ -546,13 +488,13 @@ def test_with_the_key_server_down_and_nothing_cached_the_answer_is_503(
     [(500, {"error": "down"}), (200, {"keys": []}), (200, {"nothing": 1}), (200, ["x"])],
     ids=["http-500", "empty-set", "no-keys-field", "not-an-object"],
 )
-def test_without_usable_keys_the_answer_is_503(redis_client, api, quiet_broker, job_id, answer):
+def test_without_usable_keys_the_answer_is_503(services_with, api, quiet_broker, job_id, answer):
     api.respond("GET", JWKS_PATH, answer)
-    client = client_for(build_services(environ=fal_environ(api)), quiet_broker)
+    client = client_for(services_with(**fal_settings(api)), quiet_broker)
     request_id = new_request_id()
     body = completion(request_id)
 
-    response = post(client, job_id, body, fal_headers(new_key(), body, request_id))
+    response = post(client, job_id, body, fal_headers(new_ed25519_key(), body, request_id))
 
     assert response.status_code == 503
 
@@ -598,7 +540,7 @@ def test_with_no_keys_a_failed_fetch_is_not_retried_by_every_delivery(api, redis
     clock = FakeClock()
     api.respond("GET", JWKS_PATH, (500, {"error": "down"}))
     cache = cache_for(api, redis_client, clock)
-    signer = new_key()
+    signer = new_ed25519_key()
 
     for _ in range(5):
         with pytest.raises(VerificationUnavailable):
@@ -606,10 +548,11 @@ def test_with_no_keys_a_failed_fetch_is_not_retried_by_every_delivery(api, redis
     attempts_within_interval = jwks_fetches(api)
     api.respond("GET", JWKS_PATH, (200, jwks(signer)))
     clock.advance(REFETCH)
-    verified = verify_with(cache, signer)
+    request_id = new_request_id()
+    verified = verify_with(cache, signer, request_id)
 
     assert attempts_within_interval == 1  # each would otherwise wait for a timeout
-    assert verified.delivery_id
+    assert verified.delivery_id == request_id
 
 
 def test_with_redis_down_keys_come_from_the_url(api, signer):
@@ -618,9 +561,10 @@ def test_with_redis_down_keys_come_from_the_url(api, signer):
         f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2
     )
 
-    verified = verify_with(cache_for(api, unreachable), signer)
+    request_id = new_request_id()
+    verified = verify_with(cache_for(api, unreachable), signer, request_id)
 
-    assert verified.delivery_id
+    assert verified.delivery_id == request_id
     assert jwks_fetches(api) == 1
 
 
@@ -628,7 +572,7 @@ def test_only_ed25519_signature_keys_of_the_set_are_used(api, redis_client, sign
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     numbers = rsa_key.public_key().public_numbers()
     ec_key = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
-    encryption_key = new_key()
+    encryption_key = new_ed25519_key()
     document = {
         "keys": [
             {"kty": "RSA", "n": b64url(numbers.n.to_bytes(256, "big")), "e": "AQAB"},
@@ -648,7 +592,8 @@ def test_only_ed25519_signature_keys_of_the_set_are_used(api, redis_client, sign
     api.respond("GET", JWKS_PATH, (200, document))
     cache = cache_for(api, redis_client)
 
-    assert verify_with(cache, signer).delivery_id
+    request_id = new_request_id()
+    assert verify_with(cache, signer, request_id).delivery_id == request_id
     with pytest.raises(VerificationError):
         verify_with(cache, encryption_key)
 
@@ -656,8 +601,8 @@ def test_only_ed25519_signature_keys_of_the_set_are_used(api, redis_client, sign
 # -- configuration ------------------------------------------------------------------
 
 
-def test_without_a_jwks_url_fal_accepts_nothing(redis_client, api, quiet_broker, signer, job_id):
-    services = build_services(environ=fal_environ(api, WEBHOOK_JWKS_URL_FAL=None))
+def test_without_a_jwks_url_fal_accepts_nothing(services_with, api, quiet_broker, signer, job_id):
+    services = services_with(**fal_settings(api, WEBHOOK_JWKS_URL_FAL=None))
     client = client_for(services, quiet_broker)
     request_id = new_request_id()
     body = completion(request_id)
@@ -669,8 +614,8 @@ def test_without_a_jwks_url_fal_accepts_nothing(redis_client, api, quiet_broker,
     assert answer.get_json() == {"error": "provider not configured"}
 
 
-def test_fals_published_key_set_is_a_valid_setting(redis_client, api):
-    services = build_services(environ=fal_environ(api, WEBHOOK_JWKS_URL_FAL=FAL_JWKS_URL))
+def test_fals_published_key_set_is_a_valid_setting(services_with, api):
+    services = services_with(**fal_settings(api, WEBHOOK_JWKS_URL_FAL=FAL_JWKS_URL))
 
     assert services.providers["fal"].verifier.scheme == "ed25519-jwks"
     assert FAL_JWKS_URL == "https://rest.alpha.fal.ai/.well-known/jwks.json"
@@ -688,10 +633,10 @@ def test_fals_published_key_set_is_a_valid_setting(redis_client, api):
     ids=["plain-http-elsewhere", "not-http", "shared-secret", "bad-ttl", "zero-refetch"],
 )
 def test_a_bad_fal_setting_stops_the_process_naming_the_variable(
-    redis_client, api, overrides, variable
+    services_with, api, overrides, variable
 ):
     with pytest.raises(ConfigError, match=variable):
-        build_services(environ=fal_environ(api, **overrides))
+        services_with(**fal_settings(api, **overrides))
 
 
 # -- connector: submit and poll -----------------------------------------------------
@@ -915,7 +860,7 @@ arbitrary_headers = st.one_of(
 
 @pytest.fixture(scope="module")
 def property_keys():
-    return new_key()
+    return new_ed25519_key()
 
 
 @settings(
@@ -951,13 +896,14 @@ def test_with_no_keys_obtainable_only_verification_errors_or_unavailable(body, h
 @settings(max_examples=100, deadline=None)
 @given(body=st.binary(max_size=2048), flip=st.integers(min_value=0))
 def test_any_signed_body_verifies_and_any_changed_byte_does_not(fake_api, body, flip):
-    private = new_key()
+    private = new_ed25519_key()
     fake_api.respond("GET", JWKS_PATH, (200, jwks(private)))
     verifier = Ed25519JwksVerifier(cache_for(fake_api, client=None), TOLERANCE)
     request_id = new_request_id()
     headers = fal_headers(private, body, request_id)
 
-    assert verifier.verify(body, headers).delivery_id == request_id
+    signed_at = int(headers["X-Fal-Webhook-Timestamp"])
+    assert verifier.verify(body, headers) == Verified(request_id, signed_at)
     if body:
         index = flip % len(body)
         changed = body[:index] + bytes([body[index] ^ 0x01]) + body[index + 1 :]

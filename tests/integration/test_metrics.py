@@ -4,8 +4,6 @@ serving it all in the Prometheus text format."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -119,10 +117,8 @@ def test_an_unknown_provider_name_never_becomes_a_label(receiver):
     assert "unknown" in providers
 
 
-def test_a_rate_limited_delivery_is_counted(services, quiet_broker, job_id):
-    from webhook_ingest.services import build_services
-
-    limited = build_services(environ={**os.environ, "RATE_LIMIT": "2/minute"})
+def test_a_rate_limited_delivery_is_counted(services_with, quiet_broker, job_id):
+    limited = services_with(RATE_LIMIT="2/minute")
     client = client_for(limited, quiet_broker)
     refused = Delta(
         "webhook_deliveries_received_total", provider="replicate", outcome="rate_limited"
@@ -229,19 +225,12 @@ def test_metrics_is_open_to_the_scraper_and_says_whether_redis_answered(client):
     assert samples["webhook_dead_letter_depth"][()] == 0
 
 
-def test_metrics_still_answers_when_redis_is_down(services, quiet_broker):
-    from tests.support import PrivateRedis
-    from webhook_ingest.services import build_services
+def test_metrics_still_answers_when_redis_is_down(services_with, quiet_broker, own_redis):
+    down = services_with(REDIS_URL=own_redis.url)
+    client = client_for(down, quiet_broker)
+    own_redis.stop()
 
-    server = PrivateRedis().start()
-    try:
-        down = build_services(environ={**os.environ, "REDIS_URL": server.url})
-        client = client_for(down, quiet_broker)
-        server.stop()
+    samples = scrape(client)
 
-        samples = scrape(client)
-
-        assert samples["webhook_redis_up"][()] == 0
-        assert "webhook_dead_letter_depth" not in samples
-    finally:
-        server.cleanup()
+    assert samples["webhook_redis_up"][()] == 0
+    assert "webhook_dead_letter_depth" not in samples

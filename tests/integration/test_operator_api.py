@@ -8,16 +8,14 @@ the `ADMIN_TOKEN` bearer (401 without).
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
-from webhook_ingest.services import build_services
+from tests.support import client_for
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import JobStateUpdate
-from webhook_ingest.web.app import create_app
 
 
 def register(client, headers, **job):
@@ -92,25 +90,20 @@ def test_get_job_without_the_admin_token_is_401_and_shows_nothing(
     assert "pred-secret-ish" not in response.get_data(as_text=True)
 
 
-def test_operator_endpoints_are_disabled_without_admin_token(redis_client, services, job_id):
-    environ = {k: v for k, v in os.environ.items() if k != "ADMIN_TOKEN"}
-    disabled = build_services(environ=environ)
+def test_operator_endpoints_are_disabled_without_admin_token(redis_client, services_with, job_id):
+    disabled = services_with(ADMIN_TOKEN=None)
     assert disabled.settings.admin_token is None
-    app = create_app(disabled)
-    app.testing = True
-    client = app.test_client()
-    try:
-        for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
-            response = register(
-                client, headers, job_id=job_id, provider="replicate", external_job_id="pred-1"
-            )
-            assert_json_error(response, 401)
-            assert_json_error(client.get(f"/jobs/{job_id}", headers=headers), 401)
-        assert mapping_keys(redis_client) == []
-        # health and readiness stay open
-        assert client.get("/healthz").status_code == 200
-    finally:
-        disabled.redis.close()
+    client = client_for(disabled, None)  # sends nothing to a broker
+
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
+        response = register(
+            client, headers, job_id=job_id, provider="replicate", external_job_id="pred-1"
+        )
+        assert_json_error(response, 401)
+        assert_json_error(client.get(f"/jobs/{job_id}", headers=headers), 401)
+    assert mapping_keys(redis_client) == []
+    # health and readiness stay open
+    assert client.get("/healthz").status_code == 200
 
 
 # -- registering a job ------------------------------------------------------------------

@@ -13,7 +13,6 @@ the defaults and make a job stale by writing its score in the live index.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass
 
@@ -21,11 +20,11 @@ import pytest
 import redis
 
 from tests.conftest import OPENAI_SECRET
-from tests.support import PrivateRedis, body_of, signed_headers, wait_for
+from tests.support import body_of, signed_headers, wait_for
 from webhook_ingest.operations.adoption import MappingAdoption
 from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
 from webhook_ingest.providers import PROVIDER_CLASSES
-from webhook_ingest.services import Services, build_services
+from webhook_ingest.services import Services
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import COMPLETED, SOURCE_WEBHOOK, JobStateUpdate
 
@@ -51,32 +50,22 @@ class Poller:
         return self.poller.poll(provider, job_id, now_ms=now_ms)
 
 
-def settings_env(redis_url: str | None = None, **settings: object) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "ORPHAN_AFTER_SECONDS": str(AFTER_S),
-        "ORPHAN_POLL_INTERVAL_SECONDS": str(INTERVAL_S),
-        "ORPHAN_NOT_FOUND_GRACE_SECONDS": str(GRACE_S),
-        **{name: str(value) for name, value in settings.items()},
-    }
-    if redis_url:
-        env.update(REDIS_URL=redis_url, CELERY_BROKER_URL=redis_url)
-    return env
-
-
 @pytest.fixture
-def make_poller(redis_client, api):
-    """A poller on the test database with the given settings (defaults: 300 s / 60 s)."""
-    built = []
+def make_poller(services_with, api):
+    """A poller on the test database (or `redis_url`, state and broker) with the given
+    settings (defaults: AFTER_S / INTERVAL_S / GRACE_S)."""
 
     def make(redis_url: str | None = None, **settings: object) -> Poller:
-        services = build_services(environ=settings_env(redis_url, **settings))
-        built.append(services)
+        defaults = {
+            "ORPHAN_AFTER_SECONDS": AFTER_S,
+            "ORPHAN_POLL_INTERVAL_SECONDS": INTERVAL_S,
+            "ORPHAN_NOT_FOUND_GRACE_SECONDS": GRACE_S,
+        }
+        on = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url} if redis_url else {}
+        services = services_with(**{**defaults, **settings, **on})
         return Poller(OrphanPoller(services), services, MappingAdoption(services))
 
-    yield make
-    for services in built:
-        services.redis.close()
+    return make
 
 
 @pytest.fixture
@@ -548,17 +537,10 @@ def write_mappings(store: redis.Redis, count: int) -> None:
         pipe.execute()
 
 
-@pytest.fixture
-def private_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.cleanup()
-
-
-def test_adoption_walks_a_large_keyspace_over_several_ticks(make_poller, private_redis):
+def test_adoption_walks_a_large_keyspace_over_several_ticks(make_poller, own_redis):
     budget, mappings = 1000, 5000
-    orphans = make_poller(private_redis.url, ADOPTION_SCAN_BUDGET=budget)
-    store = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    orphans = make_poller(own_redis.url, ADOPTION_SCAN_BUDGET=budget)
+    store = redis.Redis.from_url(own_redis.url, decode_responses=True)
     write_mappings(store, mappings)
 
     def tracked() -> int:
@@ -590,10 +572,10 @@ def test_adoption_walks_a_large_keyspace_over_several_ticks(make_poller, private
     store.close()
 
 
-def test_a_small_adoption_budget_bounds_the_keys_examined_per_tick(make_poller, private_redis):
+def test_a_small_adoption_budget_bounds_the_keys_examined_per_tick(make_poller, own_redis):
     budget = 100  # the smallest the setting accepts
-    orphans = make_poller(private_redis.url, ADOPTION_SCAN_BUDGET=budget)
-    store = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    orphans = make_poller(own_redis.url, ADOPTION_SCAN_BUDGET=budget)
+    store = redis.Redis.from_url(own_redis.url, decode_responses=True)
     write_mappings(store, 5000)
 
     adoption = orphans.adoption.adopt()
@@ -642,9 +624,9 @@ def track(store: redis.Redis, total: int, stale: int, now: int) -> None:
     assert sum(store.zcard(keys.live_jobs(p)) for p in PROVIDERS) == total
 
 
-def test_a_tick_costs_the_same_with_1k_or_100k_tracked_jobs(make_poller, private_redis):
-    orphans = make_poller(private_redis.url)
-    store = redis.Redis.from_url(private_redis.url, decode_responses=True)
+def test_a_tick_costs_the_same_with_1k_or_100k_tracked_jobs(make_poller, own_redis):
+    orphans = make_poller(own_redis.url)
+    store = redis.Redis.from_url(own_redis.url, decode_responses=True)
     now = 1_800_000_000_000
 
     measured = {}

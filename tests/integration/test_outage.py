@@ -12,7 +12,6 @@ test stops and starts on the same port; the shared Redis is never touched.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -20,33 +19,13 @@ import pytest
 import redis
 
 from tests.conftest import REPLICATE_SECRET
-from tests.support import PrivateRedis, body_of, celery_for, signed_headers
-from webhook_ingest.services import build_services
+from tests.support import PrivateRedis, Receiver, body_of, signed_headers
 from webhook_ingest.state import keys
-from webhook_ingest.web.app import create_app
 
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 # The design answers within about a second (bounded connect timeouts and publish
 # retries); this only proves the answer is bounded, not fast.
 BOUND_SECONDS = 5.0
-
-
-class Receiver:
-    """The Flask app on a given state Redis and broker, as the web process builds it."""
-
-    def __init__(self, redis_url: str, broker_url: str) -> None:
-        environ = dict(os.environ, REDIS_URL=redis_url, CELERY_BROKER_URL=broker_url)
-        self.services = build_services(environ=environ)
-        assert self.services.settings.redis_url == redis_url
-        assert self.services.settings.broker_url == broker_url
-        self.celery = celery_for(broker_url)
-        app = create_app(self.services, self.celery)
-        app.testing = True
-        self.client = app.test_client()
-
-    def close(self) -> None:
-        self.celery.close()
-        self.services.redis.close()
 
 
 @pytest.fixture
@@ -61,20 +40,6 @@ def servers():
     yield start
     for server in started:
         server.cleanup()
-
-
-@pytest.fixture
-def receivers():
-    built: list[Receiver] = []
-
-    def build(redis_url: str, broker_url: str) -> Receiver:
-        receiver = Receiver(redis_url, broker_url)
-        built.append(receiver)
-        return receiver
-
-    yield build
-    for receiver in built:
-        receiver.close()
 
 
 def delivery(job_id: str) -> tuple[str, dict[str, str]]:
@@ -120,11 +85,11 @@ def assert_unavailable(response, elapsed: float) -> dict:
 
 
 def test_redis_down_answers_503_and_the_retry_is_accepted_when_it_is_back(
-    servers, receivers, job_id
+    servers, receiver_with, job_id
 ):
     """One Redis as state store and broker, as `make run` sets it up."""
     server = servers()
-    receiver = receivers(server.url, server.url)
+    receiver = receiver_with(redis_url=server.url, broker_url=server.url)
 
     body, headers = delivery(job_id)
     response, _ = post(receiver, job_id, body, headers)
@@ -153,10 +118,10 @@ def test_redis_down_answers_503_and_the_retry_is_accepted_when_it_is_back(
     assert ready.status_code == 200
 
 
-def test_broker_down_answers_503_and_releases_the_claim(servers, receivers, job_id):
+def test_broker_down_answers_503_and_releases_the_claim(servers, receiver_with, job_id):
     state = servers()
     broker = PrivateRedis()  # a free port where nothing listens yet
-    receiver = receivers(state.url, broker.url)
+    receiver = receiver_with(redis_url=state.url, broker_url=broker.url)
     body, headers = delivery(job_id)
     msg_id = headers["webhook-id"]
 
@@ -184,10 +149,10 @@ def test_broker_down_answers_503_and_releases_the_claim(servers, receivers, job_
         broker.cleanup()
 
 
-def test_broker_lost_after_working_answers_503_until_it_returns(servers, receivers, job_id):
+def test_broker_lost_after_working_answers_503_until_it_returns(servers, receiver_with, job_id):
     state = servers()
     broker = servers()
-    receiver = receivers(state.url, broker.url)
+    receiver = receiver_with(redis_url=state.url, broker_url=broker.url)
 
     body, headers = delivery(job_id)
     assert post(receiver, job_id, body, headers)[0].status_code == 202
@@ -206,10 +171,10 @@ def test_broker_lost_after_working_answers_503_until_it_returns(servers, receive
     assert queued(broker) == 1  # the restarted broker is empty: this is the retry
 
 
-def test_state_redis_down_answers_503_and_enqueues_nothing(servers, receivers, job_id):
+def test_state_redis_down_answers_503_and_enqueues_nothing(servers, receiver_with, job_id):
     state = servers()
     broker = servers()
-    receiver = receivers(state.url, broker.url)
+    receiver = receiver_with(redis_url=state.url, broker_url=broker.url)
 
     state.stop()
     body, headers = delivery(job_id)

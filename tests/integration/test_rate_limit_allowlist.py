@@ -1,4 +1,4 @@
-"""Edge checks before the signature work (issue 4; CONTRACT.md §2-3, README "Security").
+"""Receiver checks before the signature work (issue 4; CONTRACT.md §2-3, README "Security").
 
 - `RATE_LIMIT` per provider + client address: over it 429 JSON with `Retry-After`;
 - the limiter's Redis down: nothing acknowledged that was not kept, never a 500;
@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import uuid
-from dataclasses import dataclass
 
 import pytest
 import redis
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
-from tests.support import PrivateRedis, celery_for, signed_headers
+from tests.support import QUEUE, Receiver, environ_with, signed_headers
 from webhook_ingest.config import ConfigError
 from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
-from webhook_ingest.web.app import create_app
-
-QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
 
 BEARER = "bt_" + secrets.token_urlsafe(24)
 BEARER_OLD = "bt_" + secrets.token_urlsafe(24)
@@ -39,57 +34,6 @@ BASIC_USER = "hooks"
 BASIC_PASSWORD = "pw_" + secrets.token_urlsafe(18)
 URL_TOKEN = "ut" + secrets.token_urlsafe(24)
 SECRETS = (REPLICATE_SECRET, OPENAI_SECRET, BEARER, BEARER_OLD, BASIC_PASSWORD, URL_TOKEN)
-
-
-# -- an app on a Redis of its own ----------------------------------------------------
-
-
-@dataclass
-class Edge:
-    client: object  # flask test client
-    raw: redis.Redis
-    services: object
-
-    def snapshot(self) -> dict[bytes, bytes]:
-        """Every key and its value; rate-limit counters (LIMITS:) count rejections by design."""
-        return {k: self.raw.dump(k) for k in self.raw.keys("*") if not k.startswith(b"LIMITS:")}
-
-    def queued(self) -> int:
-        return self.raw.llen(QUEUE)
-
-
-@pytest.fixture(scope="module")
-def private_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def edge_app(private_redis):
-    """`edge_app(**environ)`: an app on the module's Redis, emptied first (counters too)."""
-    opened = []
-
-    def build(redis_url: str | None = None, broker_url: str | None = None, **overrides):
-        redis_url = redis_url or private_redis.url
-        broker_url = broker_url or redis_url
-        environ = dict(os.environ, REDIS_URL=redis_url, CELERY_BROKER_URL=broker_url)
-        environ.update(overrides)
-        services = build_services(environ={k: v for k, v in environ.items() if v is not None})
-        celery_app = celery_for(broker_url)
-        flask_app = create_app(services, celery_app)
-        flask_app.testing = True
-        raw = redis.Redis.from_url(redis_url)
-        if redis_url == private_redis.url:
-            raw.flushall()
-        opened.append((services, celery_app, raw))
-        return Edge(client=flask_app.test_client(), raw=raw, services=services)
-
-    yield build
-    for services, celery_app, raw in opened:
-        celery_app.close()
-        services.redis.close()
-        raw.close()
 
 
 # -- deliveries -------------------------------------------------------------------------
@@ -106,7 +50,7 @@ def openai_event() -> str:
 
 
 def deliver(
-    app: Edge,
+    app: Receiver,
     *,
     provider: str = "replicate",
     address: str = "192.0.2.1",
@@ -141,7 +85,7 @@ def assert_json_error(response, status: int, sent_headers: dict[str, str] | None
             assert value not in text
 
 
-def assert_rejected_without_writes(app: Edge, status: int, **delivery) -> None:
+def assert_rejected_without_writes(app: Receiver, status: int, **delivery) -> None:
     before = app.snapshot()
     queued = app.queued()
     response, headers = deliver(app, **delivery)
@@ -150,7 +94,7 @@ def assert_rejected_without_writes(app: Edge, status: int, **delivery) -> None:
     assert app.queued() == queued
 
 
-def assert_accepted(app: Edge, **delivery) -> None:
+def assert_accepted(app: Receiver, **delivery) -> None:
     queued = app.queued()
     response, _ = deliver(app, **delivery)
     assert response.status_code == 202, (response.status_code, response.get_data(as_text=True))
@@ -161,8 +105,8 @@ def assert_accepted(app: Edge, **delivery) -> None:
 # -- RATE_LIMIT -----------------------------------------------------------------------------
 
 
-def test_the_sixth_delivery_in_a_minute_gets_429_with_an_integer_retry_after(edge_app):
-    app = edge_app(RATE_LIMIT="5/minute")
+def test_the_sixth_delivery_in_a_minute_gets_429_with_an_integer_retry_after(receiver_with):
+    app = receiver_with(RATE_LIMIT="5/minute")
 
     for _ in range(5):
         assert_accepted(app)
@@ -177,8 +121,8 @@ def test_the_sixth_delivery_in_a_minute_gets_429_with_an_integer_retry_after(edg
     assert app.snapshot() == before
 
 
-def test_other_providers_and_other_addresses_are_counted_separately(edge_app):
-    app = edge_app(RATE_LIMIT="5/minute")
+def test_other_providers_and_other_addresses_are_counted_separately(receiver_with):
+    app = receiver_with(RATE_LIMIT="5/minute")
     for _ in range(5):
         assert_accepted(app, address="192.0.2.1")
     response, _ = deliver(app, address="192.0.2.1")
@@ -197,9 +141,9 @@ def test_other_providers_and_other_addresses_are_counted_separately(edge_app):
     assert deliver(app, address="192.0.2.2")[0].status_code == 429
 
 
-def test_rejected_deliveries_count_towards_the_limit_too(edge_app):
+def test_rejected_deliveries_count_towards_the_limit_too(receiver_with):
     """A flood of forgeries is stopped by the limiter before any signature work."""
-    app = edge_app(RATE_LIMIT="5/minute")
+    app = receiver_with(RATE_LIMIT="5/minute")
     for _ in range(5):
         response, _ = deliver(app, signed=False)
         assert response.status_code == 401
@@ -211,7 +155,7 @@ def test_rejected_deliveries_count_towards_the_limit_too(edge_app):
 
 
 def test_an_invalid_rate_limit_stops_the_start_naming_the_variable(private_redis):
-    environ = dict(os.environ, REDIS_URL=private_redis.url, RATE_LIMIT="lots")
+    environ = environ_with(REDIS_URL=private_redis.url, RATE_LIMIT="lots")
 
     with pytest.raises(ConfigError, match="RATE_LIMIT"):
         build_services(environ=environ)
@@ -220,23 +164,16 @@ def test_an_invalid_rate_limit_stops_the_start_naming_the_variable(private_redis
 # -- the limiter's Redis down -------------------------------------------------------------------
 
 
-@pytest.fixture
-def doomed_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.cleanup()
-
-
-def test_with_redis_down_nothing_is_acknowledged_and_nothing_gets_a_500(edge_app, doomed_redis):
+def test_with_redis_down_nothing_is_acknowledged_and_nothing_gets_a_500(receiver_with, own_redis):
     """REDIS_URL is the limiter's storage, the state store and (here) the broker.
 
     With it down, Flask-Limiter falls back to counting in the process's memory, so
     the first five deliveries pass the limiter and fail at the claim step (503, the
     provider retries) and the sixth is still limited (429) — never a 2xx, never a 500.
     """
-    app = edge_app(redis_url=doomed_redis.url, RATE_LIMIT="5/minute")
+    app = receiver_with(redis_url=own_redis.url, RATE_LIMIT="5/minute")
     assert_accepted(app, address="198.51.100.1")  # working before the outage
-    doomed_redis.stop()
+    own_redis.stop()
 
     answers = [deliver(app, address="198.51.100.2")[0] for _ in range(8)]
 
@@ -248,7 +185,7 @@ def test_with_redis_down_nothing_is_acknowledged_and_nothing_gets_a_500(edge_app
 
 
 def test_limiter_and_state_down_with_a_working_broker_is_503_from_the_claim_not_429_or_500(
-    edge_app, doomed_redis, private_redis
+    receiver_with, own_redis, private_redis
 ):
     """The limiter cannot be down on its own: it stores its counters at REDIS_URL,
     which is also the state store holding the de-duplication claims. So with that
@@ -260,8 +197,10 @@ def test_limiter_and_state_down_with_a_working_broker_is_503_from_the_claim_not_
     """
     broker = redis.Redis.from_url(private_redis.url)
     broker.flushall()
-    app = edge_app(redis_url=doomed_redis.url, broker_url=private_redis.url, RATE_LIMIT="5/minute")
-    doomed_redis.stop()
+    app = receiver_with(
+        redis_url=own_redis.url, broker_url=private_redis.url, RATE_LIMIT="5/minute"
+    )
+    own_redis.stop()
 
     response, headers = deliver(app)
 
@@ -269,7 +208,7 @@ def test_limiter_and_state_down_with_a_working_broker_is_503_from_the_claim_not_
     assert "state store" in response.get_json()["error"]
     assert broker.llen(QUEUE) == 0, "nothing may be enqueued without a claim"
 
-    doomed_redis.start()  # same port: the same app recovers without a restart
+    own_redis.start()  # same port: the same app recovers without a restart
     response, _ = deliver(app)
     assert response.status_code == 202, response.get_data(as_text=True)
     assert broker.llen(QUEUE) == 1
@@ -282,37 +221,37 @@ ALLOWLIST = "10.0.0.0/8, 2001:db8::/32"
 
 
 @pytest.mark.parametrize("address", ["192.0.2.1", "2001:db9::1", "11.0.0.1", "::ffff:192.0.2.1"])
-def test_an_address_outside_the_allowlist_gets_403_and_nothing_is_written(edge_app, address):
-    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
+def test_an_address_outside_the_allowlist_gets_403_and_nothing_is_written(receiver_with, address):
+    app = receiver_with(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
 
     assert_rejected_without_writes(app, 403, address=address)
 
 
 @pytest.mark.parametrize("address", ["10.1.2.3", "2001:db8::5", "::ffff:10.1.2.3"])
-def test_an_address_inside_the_allowlist_is_accepted(edge_app, address):
-    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
+def test_an_address_inside_the_allowlist_is_accepted(receiver_with, address):
+    app = receiver_with(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
 
     assert_accepted(app, address=address)
 
 
-def test_the_allowlist_is_per_provider(edge_app):
-    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
+def test_the_allowlist_is_per_provider(receiver_with):
+    app = receiver_with(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
 
     assert_accepted(app, provider="openai", address="192.0.2.1")
     assert_rejected_without_writes(app, 403, provider="replicate", address="192.0.2.1")
 
 
-def test_the_allowlist_is_checked_before_the_signature(edge_app):
+def test_the_allowlist_is_checked_before_the_signature(receiver_with):
     """An unsigned request from outside is 403, not 401: no signature work for it."""
-    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
+    app = receiver_with(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST)
 
     assert_rejected_without_writes(app, 403, address="192.0.2.1", signed=False)
     assert_rejected_without_writes(app, 401, address="10.1.2.3", signed=False)
 
 
 def test_an_invalid_allowlist_stops_the_start_naming_the_variable(private_redis):
-    environ = dict(
-        os.environ, REDIS_URL=private_redis.url, WEBHOOK_IP_ALLOWLIST_REPLICATE="10.0.0.0/8, nope"
+    environ = environ_with(
+        REDIS_URL=private_redis.url, WEBHOOK_IP_ALLOWLIST_REPLICATE="10.0.0.0/8, nope"
     )
 
     with pytest.raises(ConfigError, match="WEBHOOK_IP_ALLOWLIST_REPLICATE"):
@@ -324,39 +263,39 @@ def test_an_invalid_allowlist_stops_the_start_naming_the_variable(private_redis)
 PROXY = "172.16.0.1"  # our load balancer, not in the allowlist
 
 
-def test_without_trusted_proxies_a_spoofed_forwarded_for_changes_nothing(edge_app):
-    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="0")
+def test_without_trusted_proxies_a_spoofed_forwarded_for_changes_nothing(receiver_with):
+    app = receiver_with(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="0")
 
     assert_rejected_without_writes(
         app, 403, address="192.0.2.1", extra_headers={"X-Forwarded-For": "10.1.2.3"}
     )
 
 
-def test_with_one_trusted_proxy_the_address_it_appended_is_the_client(edge_app):
-    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
+def test_with_one_trusted_proxy_the_address_it_appended_is_the_client(receiver_with):
+    app = receiver_with(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
 
     assert_accepted(app, address=PROXY, extra_headers={"X-Forwarded-For": "10.1.2.3"})
 
 
-def test_with_one_trusted_proxy_only_the_last_hop_counts(edge_app):
+def test_with_one_trusted_proxy_only_the_last_hop_counts(receiver_with):
     """The client wrote `10.1.2.3`; our proxy appended the address it saw, 192.0.2.9."""
-    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
+    app = receiver_with(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
 
     assert_rejected_without_writes(
         app, 403, address=PROXY, extra_headers={"X-Forwarded-For": "10.1.2.3, 192.0.2.9"}
     )
 
 
-def test_with_one_trusted_proxy_and_no_forwarded_for_the_peer_is_the_client(edge_app):
-    app = edge_app(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
+def test_with_one_trusted_proxy_and_no_forwarded_for_the_peer_is_the_client(receiver_with):
+    app = receiver_with(WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1")
 
     assert_rejected_without_writes(app, 403, address=PROXY)
     assert_accepted(app, address="10.1.2.3")
 
 
-def test_behind_a_proxy_the_rate_limit_keys_on_the_forwarded_client(edge_app):
+def test_behind_a_proxy_the_rate_limit_keys_on_the_forwarded_client(receiver_with):
     """Every delivery arrives from the proxy; the limit must count each client apart."""
-    app = edge_app(
+    app = receiver_with(
         WEBHOOK_IP_ALLOWLIST_REPLICATE=ALLOWLIST, TRUSTED_PROXY_COUNT="1", RATE_LIMIT="5/minute"
     )
     client_a = {"X-Forwarded-For": "10.1.2.3"}
@@ -371,8 +310,8 @@ def test_behind_a_proxy_the_rate_limit_keys_on_the_forwarded_client(edge_app):
         assert_accepted(app, address=PROXY, extra_headers=client_b)
 
 
-def test_without_trusted_proxies_a_forged_forwarded_for_does_not_evade_the_limit(edge_app):
-    app = edge_app(TRUSTED_PROXY_COUNT="0", RATE_LIMIT="5/minute")
+def test_without_trusted_proxies_a_forged_forwarded_for_does_not_evade_the_limit(receiver_with):
+    app = receiver_with(TRUSTED_PROXY_COUNT="0", RATE_LIMIT="5/minute")
 
     for index in range(5):
         assert_accepted(app, extra_headers={"X-Forwarded-For": f"10.0.0.{index}"})
@@ -393,8 +332,8 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def bearer_app(edge_app):
-    return edge_app(WEBHOOK_BEARER_TOKEN_REPLICATE=f"{BEARER} {BEARER_OLD}")
+def bearer_app(receiver_with):
+    return receiver_with(WEBHOOK_BEARER_TOKEN_REPLICATE=f"{BEARER} {BEARER_OLD}")
 
 
 @pytest.mark.parametrize("token", [BEARER, BEARER_OLD], ids=["new-token", "old-token"])
@@ -426,8 +365,8 @@ def test_bearer_and_signature_are_both_needed(bearer_app, signed, authorization)
 
 
 def test_a_bearer_token_under_16_characters_stops_the_start(private_redis):
-    environ = dict(
-        os.environ, REDIS_URL=private_redis.url, WEBHOOK_BEARER_TOKEN_REPLICATE="short-token"
+    environ = environ_with(
+        REDIS_URL=private_redis.url, WEBHOOK_BEARER_TOKEN_REPLICATE="short-token"
     )
 
     with pytest.raises(ConfigError, match="WEBHOOK_BEARER_TOKEN_REPLICATE") as raised:
@@ -436,8 +375,8 @@ def test_a_bearer_token_under_16_characters_stops_the_start(private_redis):
 
 
 @pytest.fixture
-def basic_app(edge_app):
-    return edge_app(WEBHOOK_BASIC_AUTH_REPLICATE=f"{BASIC_USER}:{BASIC_PASSWORD}")
+def basic_app(receiver_with):
+    return receiver_with(WEBHOOK_BASIC_AUTH_REPLICATE=f"{BASIC_USER}:{BASIC_PASSWORD}")
 
 
 def test_signature_and_basic_credentials_are_accepted(basic_app):
@@ -468,8 +407,7 @@ def test_basic_and_signature_are_both_needed(basic_app, signed, authorization):
 
 
 def test_bearer_and_basic_together_stop_the_start_naming_both(private_redis):
-    environ = dict(
-        os.environ,
+    environ = environ_with(
         REDIS_URL=private_redis.url,
         WEBHOOK_BEARER_TOKEN_REPLICATE=BEARER,
         WEBHOOK_BASIC_AUTH_REPLICATE=f"{BASIC_USER}:{BASIC_PASSWORD}",
@@ -487,8 +425,8 @@ def test_bearer_and_basic_together_stop_the_start_naming_both(private_redis):
 
 
 @pytest.fixture
-def url_token_app(edge_app):
-    return edge_app(WEBHOOK_URL_TOKEN_REPLICATE=URL_TOKEN)
+def url_token_app(receiver_with):
+    return receiver_with(WEBHOOK_URL_TOKEN_REPLICATE=URL_TOKEN)
 
 
 def test_signed_delivery_to_the_url_with_the_token_is_accepted(url_token_app):

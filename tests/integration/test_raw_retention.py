@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import pytest
 from click.testing import CliRunner
 
 from tests.conftest import REPLICATE_SECRET
-from tests.support import body_of, client_for, free_port, signed_headers
+from tests.support import body_of, client_for, environ_with, free_port, signed_headers
 from webhook_ingest.clock import now_ms
 from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.operations.cli import main
 from webhook_ingest.operations.raw_deliveries import RawDeliveries
 from webhook_ingest.redis_client import connect
-from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 
 RETENTION = 600
@@ -44,12 +42,10 @@ def post(client, job_id: str, prediction: dict):
 
 
 @pytest.fixture
-def retaining(redis_client, fake_api, monkeypatch):
+def retaining(services_with, monkeypatch):
     """Services (and the CLI's environment) with RAW_RETENTION_SECONDS on."""
     monkeypatch.setenv("RAW_RETENTION_SECONDS", str(RETENTION))
-    services = build_services()
-    yield services
-    services.redis.close()
+    return services_with()
 
 
 def test_raw_retention_is_off_by_default_and_keeps_nothing(
@@ -177,6 +173,6 @@ def test_a_bad_raw_retention_names_the_variable(value):
 
 
 def test_a_raw_retention_is_read_from_the_environment():
-    environ = {**os.environ, "RAW_RETENTION_SECONDS": "900"}
+    environ = environ_with(RAW_RETENTION_SECONDS="900")
 
     assert load_settings(environ).raw_retention_seconds == 900

@@ -2,7 +2,8 @@
 
 A captured delivery can be replayed in two ways: later (its signed timestamp is then
 outside WEBHOOK_TOLERANCE_SECONDS: 401, even though the signature is valid), or at
-once (its webhook-id is then remembered: 2xx duplicate, enqueued once). The ids are
+once (its webhook-id is then remembered: 2xx duplicate, enqueued once; checked for
+every provider by tests/integration/test_provider_contract.py). The ids are
 remembered for DELIVERY_DEDUP_TTL_SECONDS — 73 h by default, past OpenAI's 72 h of
 retries — so their memory is measured here, on a redis-server of our own.
 """
@@ -10,7 +11,6 @@ retries — so their memory is measured here, on a redis-server of our own.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 
@@ -18,56 +18,29 @@ import pytest
 import redis
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
-from tests.support import PrivateRedis, celery_for, signed_headers
+from tests.support import signed_headers
 from webhook_ingest.handoff.claims import Claim, DeliveryClaims
-from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
-from webhook_ingest.web.app import create_app
 
-QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
+URL = "/webhook/replicate/job-1"
 DEFAULT_DEDUP_TTL = 73 * 3600
 OPENAI_RETRY_HORIZON = 72 * 3600
 
 
-@pytest.fixture(scope="module")
-def private_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.cleanup()
-
-
 @pytest.fixture
-def make_app(private_redis):
-    """`make_app(**environ)` -> (test client, raw Redis, services), on an emptied Redis."""
-    opened = []
+def make_app(receiver_with):
+    """`make_app(**environ)`: the receiver on the module's private Redis (emptied), with
+    the two settings under test at their defaults unless `environ` sets them."""
 
-    def build(**overrides):
-        environ = dict(os.environ, REDIS_URL=private_redis.url, CELERY_BROKER_URL=private_redis.url)
-        environ.pop("DELIVERY_DEDUP_TTL_SECONDS", None)
-        environ.pop("WEBHOOK_TOLERANCE_SECONDS", None)
-        environ.update(overrides)
-        services = build_services(environ=environ)
-        celery_app = celery_for(private_redis.url)
-        flask_app = create_app(services, celery_app)
-        flask_app.testing = True
-        raw = redis.Redis.from_url(private_redis.url)
-        raw.flushall()
-        opened.append((services, celery_app, raw))
-        return flask_app.test_client(), raw, services
+    def build(**environ: str):
+        defaults = {"DELIVERY_DEDUP_TTL_SECONDS": None, "WEBHOOK_TOLERANCE_SECONDS": None}
+        return receiver_with(**{**defaults, **environ})
 
-    yield build
-    for services, celery_app, raw in opened:
-        celery_app.close()
-        services.redis.close()
-        raw.close()
+    return build
 
 
 def prediction() -> str:
     return json.dumps({"id": f"pred-{uuid.uuid4().hex[:8]}", "status": "starting"})
-
-
-def snapshot(raw: redis.Redis) -> dict[bytes, bytes]:
-    return {k: raw.dump(k) for k in raw.keys("*") if not k.startswith(b"LIMITS:")}
 
 
 # -- a late replay: the signed timestamp ----------------------------------------------------
@@ -88,18 +61,18 @@ def test_a_validly_signed_delivery_outside_the_tolerance_is_401_and_writes_nothi
     make_app, tolerance, offset
 ):
     environ = {"WEBHOOK_TOLERANCE_SECONDS": tolerance} if tolerance else {}
-    client, raw, _ = make_app(**environ)
+    app = make_app(**environ)
     body = prediction()
     headers = signed_headers(REPLICATE_SECRET, body, timestamp=time.time() + offset)
-    before = snapshot(raw)
+    before = app.snapshot()
 
-    response = client.post("/webhook/replicate/job-1", data=body, headers=headers)
+    response = app.client.post(URL, data=body, headers=headers)
 
     assert response.status_code == 401, response.get_data(as_text=True)
     assert "timestamp" in response.get_json()["error"]
     assert headers["webhook-signature"].split(",", 1)[1] not in response.get_data(as_text=True)
-    assert snapshot(raw) == before
-    assert raw.llen(QUEUE) == 0
+    assert app.snapshot() == before
+    assert app.queued() == 0
 
 
 @pytest.mark.parametrize(
@@ -110,127 +83,94 @@ def test_a_validly_signed_delivery_outside_the_tolerance_is_401_and_writes_nothi
 def test_a_delivery_inside_the_tolerance_is_accepted_both_ways(make_app, tolerance, offset):
     """The other side of the boundary: clock skew within tolerance is not a replay."""
     environ = {"WEBHOOK_TOLERANCE_SECONDS": tolerance} if tolerance else {}
-    client, raw, _ = make_app(**environ)
+    app = make_app(**environ)
     body = prediction()
     headers = signed_headers(REPLICATE_SECRET, body, timestamp=time.time() + offset)
 
-    response = client.post("/webhook/replicate/job-1", data=body, headers=headers)
+    response = app.client.post(URL, data=body, headers=headers)
 
     assert response.status_code == 202, response.get_data(as_text=True)
-    assert raw.llen(QUEUE) == 1
+    assert app.queued() == 1
 
 
 def test_a_replay_with_a_fresh_timestamp_but_the_old_signature_is_401(make_app):
-    client, raw, _ = make_app()
+    app = make_app()
     body = prediction()
     captured = signed_headers(REPLICATE_SECRET, body, timestamp=time.time() - 3600)
 
     replayed = {**captured, "webhook-timestamp": str(int(time.time()))}
-    response = client.post("/webhook/replicate/job-1", data=body, headers=replayed)
+    response = app.client.post(URL, data=body, headers=replayed)
 
     assert response.status_code == 401
-    assert raw.llen(QUEUE) == 0
+    assert app.queued() == 0
 
 
 # -- an immediate replay: the delivery id -------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["replicate", "openai"])
-def test_the_same_delivery_id_again_is_a_duplicate_enqueued_once(make_app, provider):
-    client, raw, _ = make_app()
-    if provider == "openai":
-        body = json.dumps({"id": "evt_1", "type": "response.completed", "data": {"id": "resp_1"}})
-        path, secret = "/webhook/openai", OPENAI_SECRET
-    else:
-        body, path, secret = prediction(), "/webhook/replicate/job-1", REPLICATE_SECRET
-    headers = signed_headers(secret, body)
-
-    answers = [client.post(path, data=body, headers=headers) for _ in range(4)]
-
-    assert answers[0].status_code == 202
-    assert answers[0].get_json() == {"received": True}
-    for again in answers[1:]:
-        assert 200 <= again.status_code < 300
-        assert again.get_json() == {"received": True, "duplicate": True}
-    assert raw.llen(QUEUE) == 1, "a replayed delivery must be enqueued once"
-
-
-def test_a_provider_retry_with_a_new_timestamp_and_the_same_id_is_a_duplicate(make_app):
-    """Standard Webhooks senders re-sign each attempt (new timestamp, same webhook-id)."""
-    client, raw, _ = make_app()
-    body = prediction()
-    first = signed_headers(REPLICATE_SECRET, body, msg_id="msg_retry", timestamp=time.time() - 60)
-    retry = signed_headers(REPLICATE_SECRET, body, msg_id="msg_retry")
-    assert first["webhook-signature"] != retry["webhook-signature"]
-
-    answers = [
-        client.post("/webhook/replicate/job-1", data=body, headers=h) for h in (first, retry)
-    ]
-
-    assert [a.status_code for a in answers] == [202, 200]
-    assert answers[1].get_json() == {"received": True, "duplicate": True}
-    assert raw.llen(QUEUE) == 1
+# The same delivery again, as sent or as the provider's retry signed anew, is each
+# provider's contract case (tests/integration/test_provider_contract.py).
 
 
 def test_the_same_delivery_id_from_another_provider_is_not_a_duplicate(make_app):
     """Ids are only unique per sender: the claim is per provider."""
-    client, raw, _ = make_app()
+    app = make_app()
     event = json.dumps({"id": "evt_1", "type": "response.completed", "data": {"id": "resp_1"}})
     body = prediction()
 
-    first = client.post(
-        "/webhook/replicate/job-1",
+    first = app.client.post(
+        URL,
         data=body,
         headers=signed_headers(REPLICATE_SECRET, body, msg_id="msg_shared"),
     )
-    second = client.post(
+    second = app.client.post(
         "/webhook/openai", data=event, headers=signed_headers(OPENAI_SECRET, event, "msg_shared")
     )
 
     assert (first.status_code, second.status_code) == (202, 202)
-    assert raw.llen(QUEUE) == 2
+    assert app.queued() == 2
 
 
 # -- how long an id is remembered ---------------------------------------------------------------
 
 
 def test_a_delivery_id_is_remembered_for_73_hours_by_default(make_app):
-    client, raw, services = make_app()
+    app = make_app()
     body = prediction()
     headers = signed_headers(REPLICATE_SECRET, body)
 
-    assert client.post("/webhook/replicate/job-1", data=body, headers=headers).status_code == 202
+    assert app.client.post(URL, data=body, headers=headers).status_code == 202
 
-    assert services.settings.dedup_ttl_seconds == DEFAULT_DEDUP_TTL
+    assert app.services.settings.dedup_ttl_seconds == DEFAULT_DEDUP_TTL
     assert DEFAULT_DEDUP_TTL > OPENAI_RETRY_HORIZON, "must outlast OpenAI's retries"
-    ttl = raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"]))
+    ttl = app.raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"]))
     assert DEFAULT_DEDUP_TTL - 60 <= ttl <= DEFAULT_DEDUP_TTL, ttl
 
 
 def test_the_claim_ttl_follows_delivery_dedup_ttl_seconds(make_app):
-    client, raw, services = make_app(DELIVERY_DEDUP_TTL_SECONDS="5000")
+    app = make_app(DELIVERY_DEDUP_TTL_SECONDS="5000")
     body = prediction()
     headers = signed_headers(REPLICATE_SECRET, body)
 
-    assert client.post("/webhook/replicate/job-1", data=body, headers=headers).status_code == 202
+    assert app.client.post(URL, data=body, headers=headers).status_code == 202
 
-    ttl = raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"]))
+    ttl = app.raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"]))
     assert 5000 - 60 <= ttl <= 5000, ttl
-    assert services.settings.dedup_ttl_seconds == 5000
+    assert app.services.settings.dedup_ttl_seconds == 5000
 
 
 def test_a_duplicate_does_not_extend_how_long_the_id_is_remembered(make_app):
     """Otherwise a replay loop could keep an id (and its memory) alive forever."""
-    client, raw, _ = make_app(DELIVERY_DEDUP_TTL_SECONDS="5000")
+    app = make_app(DELIVERY_DEDUP_TTL_SECONDS="5000")
     body = prediction()
     headers = signed_headers(REPLICATE_SECRET, body)
     key = keys.delivery_claim("replicate", headers["webhook-id"])
-    assert client.post("/webhook/replicate/job-1", data=body, headers=headers).status_code == 202
-    raw.expire(key, 100)  # as if most of the window had passed
+    assert app.client.post(URL, data=body, headers=headers).status_code == 202
+    app.raw.expire(key, 100)  # as if most of the window had passed
 
-    assert client.post("/webhook/replicate/job-1", data=body, headers=headers).status_code == 200
+    assert app.client.post(URL, data=body, headers=headers).status_code == 200
 
-    assert 0 < raw.ttl(key) <= 100
+    assert 0 < app.raw.ttl(key) <= 100
 
 
 # -- memory per remembered delivery id ----------------------------------------------------------
@@ -239,21 +179,14 @@ CLAIMS = 20_000
 GENEROUS_BYTES_PER_ID = 300
 
 
-@pytest.fixture
-def empty_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.cleanup()
-
-
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
-def test_memory_per_remembered_delivery_id(empty_redis):
+def test_memory_per_remembered_delivery_id(own_redis):
     """20,000 ids claimed and confirmed as the receiver does, with Standard Webhooks-shaped
     ids (`msg_` + 32 hex, 36 characters) under the replicate provider's key prefix."""
-    client = redis.Redis.from_url(empty_redis.url, decode_responses=True)
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     claims = DeliveryClaims(client, ttl_seconds=DEFAULT_DEDUP_TTL)
     ids = [f"msg_{uuid.uuid4().hex}" for _ in range(CLAIMS)]
     claims.claim("replicate", "msg_warm-up")  # load the scripts and connection first

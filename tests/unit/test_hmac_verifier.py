@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhook_ingest.config import ConfigError
-from webhook_ingest.verification import HmacOptions, HmacVerifier, VerificationError
+from webhook_ingest.verification import HmacOptions, HmacVerifier, VerificationError, Verified
 
 NOW = 1_750_000_000
 TOLERANCE = 300
@@ -91,20 +91,22 @@ def test_github_s_documented_example_verifies():
 
     verified = documented.verify(b"Hello, World!", {"X-Hub-Signature-256": signature})
 
-    assert verified.delivery_id is None
+    assert verified == Verified(delivery_id=None, timestamp=None)
 
 
 def test_header_names_are_case_insensitive():
     headers = {name.lower(): value for name, value in github_headers(delivery="d-1").items()}
 
-    assert verifier().verify(BODY, headers, now=NOW).delivery_id == "d-1"
+    assert verifier().verify(BODY, headers, now=NOW) == Verified(delivery_id="d-1", timestamp=None)
 
 
 def test_hex_digits_may_be_upper_case():
     headers = github_headers()
     headers["X-Hub-Signature-256"] = "sha256=" + mac(SECRET, BODY).hex().upper()
 
-    verifier().verify(BODY, headers, now=NOW)
+    verified = verifier().verify(BODY, headers, now=NOW)
+
+    assert verified == Verified(delivery_id=headers["X-GitHub-Delivery"], timestamp=None)
 
 
 def test_without_a_delivery_id_header_the_delivery_has_no_id():
@@ -112,14 +114,14 @@ def test_without_a_delivery_id_header_the_delivery_has_no_id():
     headers = github_headers()
     del headers["X-GitHub-Delivery"]
 
-    assert verifier().verify(BODY, headers, now=NOW).delivery_id is None
+    assert verifier().verify(BODY, headers, now=NOW) == Verified(delivery_id=None, timestamp=None)
 
 
 def test_without_a_prefix_the_header_is_the_bare_signature():
     options = HmacOptions(signature_header="X-Signature")
     headers = {"X-Signature": mac(SECRET, BODY).hex()}
 
-    verifier(options).verify(BODY, headers, now=NOW)
+    assert verifier(options).verify(BODY, headers, now=NOW) == Verified(None, None)
     with pytest.raises(VerificationError):
         verifier(options).verify(BODY, {"X-Signature": "sha256=" + mac(SECRET, BODY).hex()})
 
@@ -131,7 +133,7 @@ def test_sha512_signatures():
     options = HmacOptions(signature_header="X-Signature", algorithm="sha512", prefix="sha512=")
     headers = {"X-Signature": "sha512=" + mac(SECRET, BODY, hashlib.sha512).hex()}
 
-    verifier(options).verify(BODY, headers, now=NOW)
+    assert verifier(options).verify(BODY, headers, now=NOW) == Verified(None, None)
 
 
 def test_a_sha256_signature_does_not_pass_for_sha512():
@@ -145,7 +147,7 @@ def test_a_sha256_signature_does_not_pass_for_sha512():
 def test_base64_signatures_shopify_style():
     headers = {"X-Shopify-Hmac-Sha256": base64.b64encode(mac(SECRET, BODY)).decode()}
 
-    verifier(SHOPIFY).verify(BODY, headers, now=NOW)
+    assert verifier(SHOPIFY).verify(BODY, headers, now=NOW) == Verified(None, None)
 
 
 def test_a_hex_signature_is_not_accepted_where_base64_is_configured():
@@ -175,7 +177,8 @@ def test_the_body_is_checked_as_raw_bytes_not_as_reserialized_json():
     body = b'{"b": 1,   "a": "\\u00e9"}'
     headers = github_headers(body=body)
 
-    verifier().verify(body, headers, now=NOW)
+    verified = verifier().verify(body, headers, now=NOW)
+    assert verified == Verified(delivery_id=headers["X-GitHub-Delivery"], timestamp=None)
     with pytest.raises(VerificationError):
         verifier().verify(b'{"b":1,"a":"\xc3\xa9"}', headers, now=NOW)
 
@@ -186,7 +189,7 @@ def test_the_body_is_checked_as_raw_bytes_not_as_reserialized_json():
 def test_a_slack_signature_with_a_fresh_timestamp_is_accepted():
     verified = verifier(SLACK).verify(BODY, slack_headers(), now=NOW)
 
-    assert verified.timestamp == NOW
+    assert verified == Verified(delivery_id=None, timestamp=NOW)
 
 
 def test_the_default_signed_content_with_a_timestamp_is_timestamp_dot_body():
@@ -196,12 +199,14 @@ def test_the_default_signed_content_with_a_timestamp_is_timestamp_dot_body():
         "X-Timestamp": str(NOW),
     }
 
-    assert verifier(options).verify(BODY, headers, now=NOW).timestamp == NOW
+    assert verifier(options).verify(BODY, headers, now=NOW) == Verified(None, NOW)
 
 
 @pytest.mark.parametrize("skew", [-TOLERANCE, TOLERANCE], ids=["past-edge", "future-edge"])
 def test_a_timestamp_at_the_edge_of_the_tolerance_is_accepted(skew):
-    verifier(SLACK).verify(BODY, slack_headers(at=NOW + skew), now=NOW)
+    verified = verifier(SLACK).verify(BODY, slack_headers(at=NOW + skew), now=NOW)
+
+    assert verified == Verified(delivery_id=None, timestamp=NOW + skew)
 
 
 @pytest.mark.parametrize("skew", [-TOLERANCE - 1, TOLERANCE + 1], ids=["too-old", "too-new"])
@@ -254,7 +259,9 @@ def signed_id_headers(delivery: str, signed_delivery: str | None = None):
 
 
 def test_a_signed_delivery_id_is_accepted():
-    assert verifier(SIGNED_ID).verify(BODY, signed_id_headers("d-1"), now=NOW).delivery_id == "d-1"
+    verified = verifier(SIGNED_ID).verify(BODY, signed_id_headers("d-1"), now=NOW)
+
+    assert verified == Verified(delivery_id="d-1", timestamp=NOW)
 
 
 def test_a_signed_delivery_id_cannot_be_changed():
@@ -289,8 +296,11 @@ def test_an_invalid_delivery_id_is_rejected(delivery):
 @pytest.mark.parametrize("signing_secret", [SECRET, OLD_SECRET], ids=["new", "old"])
 def test_during_a_rotation_either_secret_is_accepted(signing_secret):
     rotating = verifier(secrets_text=f"{SECRET}  {OLD_SECRET}")
+    headers = github_headers(secret=signing_secret)
 
-    rotating.verify(BODY, github_headers(secret=signing_secret), now=NOW)
+    verified = rotating.verify(BODY, headers, now=NOW)
+
+    assert verified == Verified(delivery_id=headers["X-GitHub-Delivery"], timestamp=None)
 
 
 def test_after_a_rotation_the_dropped_secret_is_rejected():
@@ -454,7 +464,7 @@ def test_literal_braces_in_the_signed_content_are_allowed():
     options = HmacOptions(signature_header="X-S", signed_content="{{v1}}:{body}")
     headers = {"X-S": mac(SECRET, b"{v1}:" + BODY).hex()}
 
-    verifier(options).verify(BODY, headers, now=NOW)
+    assert verifier(options).verify(BODY, headers, now=NOW) == Verified(None, None)
 
 
 # -- properties ---------------------------------------------------------------------
@@ -506,7 +516,8 @@ def test_arbitrary_bodies_and_headers_only_ever_raise_verification_error(body, h
 def test_any_signed_body_verifies_and_any_changed_byte_does_not(body, flip):
     headers = github_headers(body=body)
 
-    verifier().verify(body, headers, now=NOW)
+    verified = verifier().verify(body, headers, now=NOW)
+    assert verified == Verified(delivery_id=headers["X-GitHub-Delivery"], timestamp=None)
     if body:
         index = flip % len(body)
         changed = body[:index] + bytes([body[index] ^ 0x01]) + body[index + 1 :]

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import signed_headers
 from webhook_ingest.config import ConfigError
-from webhook_ingest.verification import StandardWebhooksVerifier, VerificationError
+from webhook_ingest.verification import StandardWebhooksVerifier, VerificationError, Verified
 
 NOW = 1_750_000_000  # a fixed "current time" in Unix seconds
 TOLERANCE = 300
@@ -58,7 +58,7 @@ def test_during_a_rotation_either_configured_secret_is_accepted(signing_secret):
 
     verified = rotating.verify(BODY.encode(), headers_for(secret=signing_secret), now=NOW)
 
-    assert verified.delivery_id == "msg_1"
+    assert verified == Verified(delivery_id="msg_1", timestamp=NOW)
 
 
 def test_a_header_with_several_signatures_is_accepted_when_one_matches():
@@ -68,7 +68,7 @@ def test_a_header_with_several_signatures_is_accepted_when_one_matches():
     headers = headers_for()
     headers["webhook-signature"] = f"{someone_elses} {future_scheme} {ours}"
 
-    assert verifier().verify(BODY.encode(), headers, now=NOW).delivery_id == "msg_1"
+    assert verifier().verify(BODY.encode(), headers, now=NOW) == Verified("msg_1", NOW)
 
 
 def test_a_secret_without_the_whsec_prefix_is_accepted_as_raw_base64():
@@ -76,7 +76,7 @@ def test_a_secret_without_the_whsec_prefix_is_accepted_as_raw_base64():
 
     verified = verifier(raw).verify(BODY.encode(), headers_for(secret=raw), now=NOW)
 
-    assert verified.delivery_id == "msg_1"
+    assert verified == Verified(delivery_id="msg_1", timestamp=NOW)
 
 
 def test_a_non_utf8_body_is_verified_on_its_raw_bytes():
@@ -91,7 +91,7 @@ def test_a_non_utf8_body_is_verified_on_its_raw_bytes():
         "webhook-signature": "v1," + base64.b64encode(digest).decode(),
     }
 
-    assert verifier().verify(body, headers, now=NOW).delivery_id == "msg_raw"
+    assert verifier().verify(body, headers, now=NOW) == Verified("msg_raw", NOW)
 
 
 def test_the_manual_signature_above_agrees_with_standardwebhooks_on_utf8_bodies():
@@ -153,7 +153,8 @@ def test_the_signed_timestamp_must_be_within_the_tolerance_either_way(age_second
     headers = headers_for(at=NOW - age_seconds)
 
     if accepted:
-        assert verifier().verify(BODY.encode(), headers, now=NOW).delivery_id == "msg_1"
+        verified = verifier().verify(BODY.encode(), headers, now=NOW)
+        assert verified == Verified(delivery_id="msg_1", timestamp=NOW - age_seconds)
     else:
         with pytest.raises(VerificationError):
             verifier().verify(BODY.encode(), headers, now=NOW)
@@ -167,7 +168,8 @@ def test_a_custom_tolerance_is_honoured(age_seconds, accepted):
     headers = headers_for(at=NOW - age_seconds)
 
     if accepted:
-        assert strict.verify(BODY.encode(), headers, now=NOW).delivery_id == "msg_1"
+        verified = strict.verify(BODY.encode(), headers, now=NOW)
+        assert verified == Verified(delivery_id="msg_1", timestamp=NOW - age_seconds)
     else:
         with pytest.raises(VerificationError):
             strict.verify(BODY.encode(), headers, now=NOW)
