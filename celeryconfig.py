@@ -25,6 +25,7 @@ POLL_ORPHANS_TASK = "webhook_ingest.poll_orphans"
 POLL_JOB_TASK = "webhook_ingest.poll_job"
 ADOPT_MAPPINGS_TASK = "webhook_ingest.adopt_mappings"
 CHECK_CONSISTENCY_TASK = "webhook_ingest.check_consistency"
+REDRIVE_JOURNAL_TASK = "webhook_ingest.redrive_journal"
 
 
 def task_time_limit(settings: Settings) -> int:
@@ -70,6 +71,11 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # lost" rests on.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # Celery acknowledges a task that raised, or that hit its hard time limit,
+        # unless told otherwise: a delivery would be gone. With this off a time
+        # limit requeues it; workers.tasks retries anything else that escapes (a
+        # failed rejection without requeue is still covered by the journal).
+        "task_acks_on_failure_or_timeout": False,
         # Tasks are short and their retries are tasks; one message per process in
         # hand at a time keeps a crash from stranding a backlog until the visibility
         # timeout.
@@ -202,6 +208,13 @@ def _beat(settings: Settings) -> dict[str, Any]:
                 "task": ADOPT_MAPPINGS_TASK,
                 "schedule": interval,
                 "options": {"expires": interval},
+            },
+            # Publishes again what was acknowledged and is overdue; the take is
+            # atomic, so two beats or overlapping ticks never redrive twice.
+            "redrive-journal": {
+                "task": REDRIVE_JOURNAL_TASK,
+                "schedule": settings.journal_redrive_interval_seconds,
+                "options": {"expires": settings.journal_redrive_interval_seconds},
             },
             # Re-polls a sample of recently finished jobs; its own lock keeps
             # runs apart.

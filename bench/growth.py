@@ -7,8 +7,8 @@ so they are stale. A tick is `OrphanPoller(services).take_due()`; since a tick m
 the stale jobs an interval ahead, they are put back (ZADD XX, uncounted) between ticks.
 
 Memory is `used_memory` deltas: per tracked job (registering), and per remembered
-delivery id: the receiver's claim (`DeliveryClaims.claim` + `confirm`, as the
-receiver calls them) plus what the state store keeps per applied delivery
+delivery id: the receiver's claim (`DeliveryClaims.claim`, whose journal record
+the worker's `ingest` removes again) plus what the state store keeps per applied delivery
 (`ingest`, as the worker calls it: a member of `applied:{job}` and an entry in the
 job's capped event list), measured on jobs that already had one delivery.
 """
@@ -134,18 +134,18 @@ def _delivery_memory(services, registrar: BulkRegistrar, tag: str) -> dict:
     def deliveries(round_: int, logs_percent: int):
         for job_id, external in jobs:
             body = prediction_body(external).replace(" 50%", f" {logs_percent}%")
-            yield Delivery(PROVIDER, f"msg_{tag}-{round_}-{job_id}", body, job_id=job_id)
+            yield Delivery(
+                PROVIDER, f"msg_{tag}-{round_}-{job_id}", body, job_id=job_id, journaled=True
+            )
 
     # the first delivery of each job creates its state, event list and applied set
     for delivery in deliveries(1, 50):
-        services.claims.claim(PROVIDER, delivery.delivery_id)
-        services.claims.confirm(PROVIDER, delivery.delivery_id)
+        services.claims.claim(delivery, services.journal.record(delivery))
         ingest(delivery, services)
     second = list(deliveries(2, 60))
     base = _used(client)
     for delivery in second:
-        services.claims.claim(PROVIDER, delivery.delivery_id)
-        services.claims.confirm(PROVIDER, delivery.delivery_id)
+        services.claims.claim(delivery, services.journal.record(delivery))
     claimed = _used(client)
     outcomes = {ingest(delivery, services).outcome.value for delivery in second}
     applied = _used(client)

@@ -11,7 +11,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # The Redis broker redelivers an unacknowledged message after this long; retry
@@ -20,6 +28,13 @@ MAX_VISIBILITY_TIMEOUT_SECONDS = 120
 # The consistency check leaves a job alone this long after it finished: late
 # webhooks and provider-side bookkeeping settle first.
 CONSISTENCY_SETTLE_SECONDS = 60
+
+
+def min_redrive_after_seconds(visibility_timeout_seconds: int) -> int:
+    """The broker brings back a crashed worker's message after the visibility
+    timeout; a retry waits up to 0.4 of it and runs up to 0.5 of it
+    (celeryconfig): only after all that may the journal assume it lost."""
+    return int(visibility_timeout_seconds * (1 + 0.4 + 0.5)) + 1
 
 
 class ConfigError(Exception):
@@ -51,6 +66,9 @@ class Settings:
     unmatched_retry_seconds: int
     dead_letter_ttl_seconds: int
     raw_retention_seconds: int
+    journal_redrive_after_seconds: int
+    journal_redrive_interval_seconds: int
+    journal_redrive_budget: int
 
 
 _redis_scheme = validate.Regexp(r"^(redis|rediss|unix)://", error="must be a redis:// URL")
@@ -124,6 +142,26 @@ class SettingsSchema(Schema):
     dead_letter_ttl_seconds = _int("DEAD_LETTER_TTL_SECONDS", 14 * 24 * 3600, _positive)
     # A debug window of every verified delivery as received; 0 keeps none (the default).
     raw_retention_seconds = _int("RAW_RETENTION_SECONDS", 0, validate.Range(min=0))
+    # An acknowledged delivery not finished this long after it was accepted (or
+    # after its last scheduled retry) is published again by beat. Must outlast
+    # everything the broker itself does to bring a message back (checked below).
+    journal_redrive_after_seconds = _int("JOURNAL_REDRIVE_AFTER_SECONDS", 300, _positive)
+    journal_redrive_interval_seconds = _int("JOURNAL_REDRIVE_INTERVAL_SECONDS", 30, _positive)
+    # Records redriven per tick at most, so a long outage's backlog comes back in
+    # steps instead of one burst.
+    journal_redrive_budget = _int("JOURNAL_REDRIVE_BUDGET", 1000, validate.Range(1, 100_000))
+
+    @validates_schema
+    def _redrive_after_the_broker(self, data: dict, **_: object) -> None:
+        visibility = data.get("broker_visibility_timeout_seconds", 90)
+        floor = min_redrive_after_seconds(visibility)
+        if data.get("journal_redrive_after_seconds", 300) < floor:
+            raise ValidationError(
+                f"must be at least {floor} with BROKER_VISIBILITY_TIMEOUT_SECONDS={visibility} "
+                "(the visibility timeout, the longest retry countdown and the task time limit): "
+                "a delivery the broker still holds would be redriven as a duplicate",
+                field_name="JOURNAL_REDRIVE_AFTER_SECONDS",
+            )
 
     @post_load
     def _derive(self, data: dict, **_: object) -> Settings:

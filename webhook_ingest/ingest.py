@@ -64,13 +64,15 @@ def ingest(delivery: Delivery, services: Services) -> IngestResult:
     update = provider.to_update(payload, job)
     if update is None:
         return _ignored(delivery, services, payload, job.job_id)
-    applied = services.state.apply(update, delivery.delivery_id)
+    applied = services.state.apply(
+        update,
+        delivery.delivery_id,
+        journal_member=delivery.journal_member if delivery.journaled else None,
+    )
     return IngestResult(IngestOutcome(applied.outcome.value), job.job_id, applied)
 
 
 def _ignored(delivery: Delivery, services: Services, payload: dict, job_id: str | None = None):
     event_type = payload.get("type") if isinstance(payload.get("type"), str) else None
-    services.ignored.record(
-        delivery.provider, delivery.delivery_id, job_id, event_type, delivery.received_at
-    )
+    services.ignored.record(delivery, job_id, event_type)
     return IngestResult(IngestOutcome.IGNORED, job_id)

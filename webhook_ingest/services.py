@@ -10,6 +10,7 @@ import redis
 from webhook_ingest import redis_client
 from webhook_ingest.config import Settings, load_settings
 from webhook_ingest.handoff.claims import DeliveryClaims
+from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.operations.dead_letters import DeadLetters
 from webhook_ingest.operations.raw_deliveries import RawDeliveries
 from webhook_ingest.providers import Provider, load_providers
@@ -29,6 +30,7 @@ class Services:
     providers: dict[str, Provider]
     raw_deliveries: RawDeliveries
     ignored: IgnoredDeliveries
+    journal: Journal
 
 
 def build_services(
@@ -36,6 +38,7 @@ def build_services(
 ) -> Services:
     settings = settings or load_settings(environ)
     client = redis_client.connect(settings.redis_url)
+    journal = Journal(client, redrive_after_seconds=settings.journal_redrive_after_seconds)
     return Services(
         settings=settings,
         redis=client,
@@ -46,8 +49,14 @@ def build_services(
         ),
         jobs=JobRegistry(client),
         claims=DeliveryClaims(client, ttl_seconds=settings.dedup_ttl_seconds),
+<<<<<<< HEAD
         dead_letters=DeadLetters(client, ttl_seconds=settings.dead_letter_ttl_seconds),
         providers=load_providers(settings, environ, redis=client),
+=======
+        dead_letters=DeadLetters(client, settings.dead_letter_ttl_seconds, journal),
+        providers=load_providers(settings, environ),
+>>>>>>> 410e522 (WIP journal: receiver journals with its claim, worker finishes records with outcomes, beat redrives)
         raw_deliveries=RawDeliveries(client, retention_seconds=settings.raw_retention_seconds),
         ignored=IgnoredDeliveries(client),
+        journal=journal,
     )

@@ -8,14 +8,22 @@ from typing import NoReturn
 
 import redis
 from celery import shared_task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
-from celeryconfig import ADOPT_MAPPINGS_TASK, INGEST_TASK, POLL_JOB_TASK, POLL_ORPHANS_TASK
+from celeryconfig import (
+    ADOPT_MAPPINGS_TASK,
+    INGEST_TASK,
+    POLL_JOB_TASK,
+    POLL_ORPHANS_TASK,
+    REDRIVE_JOURNAL_TASK,
+)
 from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.publish import EnqueueFailed, enqueue
 from webhook_ingest.ingest import IngestOutcome, ingest
 from webhook_ingest.observability.metrics import (
     DEAD_LETTERED,
     DELIVERIES_PROCESSED,
+    JOURNAL_REDRIVEN,
     ORPHAN_POLLS,
     ORPHANS_DETECTED,
     RECEIVE_TO_APPLIED_SECONDS,
@@ -25,6 +33,7 @@ from webhook_ingest.operations.adoption import MappingAdoption
 from webhook_ingest.operations.orphan_poller import OrphanPoller
 from webhook_ingest.providers import PayloadError
 from webhook_ingest.providers.http import ProviderError, ProviderUnavailable
+from webhook_ingest.services import Services
 from webhook_ingest.state.job_registry import JobMismatch, JobNotFound
 from workers import retries
 from workers.services import services
@@ -44,34 +53,54 @@ def ingest_delivery(self, message: dict) -> str:
         "attempt": self.request.retries + 1,
     }
     try:
+        return _ingest(self, delivery, svc, context)
+    except (Retry, Reject):  # Celery's own ways of ending a task
+        raise
+    except Exception as exc:
+        # Anything that escaped after the delivery was taken (parking while Redis
+        # refuses writes, say) must not be acknowledged away: Celery would ack a
+        # task that raised. Retry it; its journal record stays.
+        log.warning("could not finish delivery, retrying: %s", type(exc).__name__, extra=context)
+        DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
+        _retry(self, svc, delivery, retries.countdown(svc.settings, self.request.retries))
+
+
+def _ingest(task, delivery: Delivery, svc: Services, context: dict) -> str:
+    attempts = task.request.retries + 1
+    if delivery.journaled and not svc.journal.is_open(delivery):
+        # An earlier copy finished it (a redrive raced its original): nothing to do.
+        DELIVERIES_PROCESSED.labels(delivery.provider, "duplicate").inc()
+        log.info("delivery duplicate: already finished", extra=context)
+        return "duplicate"
+    try:
         result = ingest(delivery, svc)
     except JobNotFound as exc:
         UNMATCHED_DELIVERIES.labels(delivery.provider).inc()
         # a replay waits its own window: the operator may be registering the job now
         waited = time.time() - (delivery.replayed_at or delivery.received_at) / 1000
         if waited >= svc.settings.unmatched_retry_seconds:
-            return _park(delivery, "unmatched", exc, self.request.retries + 1)
+            return _park(delivery, "unmatched", exc, attempts)
         log.info("job not registered yet, retrying", extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        _retry(self, retries.countdown(svc.settings, self.request.retries))
+        _retry(task, svc, delivery, retries.countdown(svc.settings, task.request.retries))
     except ProviderUnavailable as exc:
-        if self.request.retries + 1 >= retries.PROVIDER_MAX_ATTEMPTS:
-            return _park(delivery, "provider_unavailable", exc, self.request.retries + 1)
+        if attempts >= retries.PROVIDER_MAX_ATTEMPTS:
+            return _park(delivery, "provider_unavailable", exc, attempts)
         log.warning("provider unavailable, retrying: %s", exc, extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        wait = retries.countdown(svc.settings, self.request.retries, exc.retry_after)
-        _retry(self, wait)
+        wait = retries.countdown(svc.settings, task.request.retries, exc.retry_after)
+        _retry(task, svc, delivery, wait)
     except (PayloadError, JobMismatch, ProviderError) as exc:
-        return _park(delivery, type(exc).__name__, exc, self.request.retries + 1)
+        return _park(delivery, type(exc).__name__, exc, attempts)
     except (redis.RedisError, SoftTimeLimitExceeded) as exc:
         # Our own infrastructure: keep trying for as long as it takes.
         log.warning("transient failure, retrying: %s", type(exc).__name__, extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        _retry(self, retries.countdown(svc.settings, self.request.retries))
+        _retry(task, svc, delivery, retries.countdown(svc.settings, task.request.retries))
     except Exception as exc:
         # A bug must not lose the delivery: park it for replay after the fix.
         log.exception("unexpected error", extra=context)
-        return _park(delivery, "error", exc, self.request.retries + 1)
+        return _park(delivery, "error", exc, attempts)
     outcome = result.outcome.value
     DELIVERIES_PROCESSED.labels(delivery.provider, outcome).inc()
     if result.outcome is IngestOutcome.APPLIED and not delivery.replayed_at:
@@ -86,8 +115,12 @@ def ingest_delivery(self, message: dict) -> str:
     return outcome
 
 
-def _retry(task, countdown: float) -> NoReturn:
+def _retry(task, svc: Services, delivery: Delivery, countdown: float) -> NoReturn:
     """Retry an acknowledged delivery without ever dropping it.
+
+    Its journal record is first made due after the retry had its chance, so beat
+    does not redrive a delivery that is only waiting (best effort: with Redis
+    away the record keeps its due time, and a redrive is a harmless duplicate).
 
     Celery raises Reject(requeue=False) when the retry cannot be published, e.g.
     while the broker's Redis is away. requeue=False removes the message from
@@ -96,6 +129,11 @@ def _retry(task, countdown: float) -> NoReturn:
     on the queue instead, or, if Redis is still away, leaves it in `unacked` for
     the visibility timeout (tests/faults/test_faults_redis.py).
     """
+    if delivery.journaled:
+        try:
+            svc.journal.postpone(delivery, countdown)
+        except redis.RedisError:
+            pass
     try:
         raise task.retry(countdown=countdown) from None
     except Reject as rejected:
@@ -171,3 +209,32 @@ def adopt_mappings() -> int:
     if adoption.adopted:
         log.info("adopted %d job mappings", adoption.adopted)
     return adoption.adopted
+
+
+# -- the delivery journal (scheduled by beat) -------------------------------------
+
+
+@shared_task(name=REDRIVE_JOURNAL_TASK, bind=True)
+def redrive_journal(self) -> int:
+    """Publish again every acknowledged delivery that is overdue (handoff.journal)."""
+    svc = services()
+    overdue = svc.journal.take_overdue(svc.settings.journal_redrive_budget)
+    sent = 0
+    for delivery in overdue:
+        try:
+            enqueue(self.app, delivery)
+        except EnqueueFailed:
+            # the records taken are due again one period later: the next tick tries
+            log.warning("journal redrive stopped: the broker refused a delivery")
+            break
+        sent += 1
+        JOURNAL_REDRIVEN.labels(delivery.provider).inc()
+        log.warning(
+            "delivery redriven from the journal",
+            extra={
+                "provider": delivery.provider,
+                "delivery_id": delivery.delivery_id,
+                "job_id": delivery.job_id,
+            },
+        )
+    return sent

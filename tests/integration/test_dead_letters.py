@@ -250,9 +250,15 @@ def test_replay_sends_the_same_task_and_delivery_marked_as_a_replay(services, qu
     args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
     sent = args[0]
     assert sent["replayed_at"] >= before
-    assert {k: v for k, v in sent.items() if k != "replayed_at"} == {
-        k: v for k, v in original.items() if k != "replayed_at"
+    marks = ("replayed_at", "journaled")
+    assert {k: v for k, v in sent.items() if k not in marks} == {
+        k: v for k, v in original.items() if k not in marks
     }
+    # journaled before it was published: a worker that loses it does not lose the replay
+    assert sent["journaled"] is True
+    member = f"{sent['provider']}:{sent['delivery_id']}"
+    assert json.loads(services.redis.hget(keys.JOURNAL_MESSAGES, member)) == sent
+    assert services.redis.zscore(keys.JOURNAL, member) is not None
     assert services.dead_letters.get(letter_id) is None
     queue.delete(QUEUE)
     queue.close()

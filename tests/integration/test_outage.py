@@ -2,9 +2,9 @@
 
 "broker or Redis unreachable -> 503 {"error": ...} — never 2xx unless enqueued."
 The receiver must answer promptly (the design says about a second) so the
-provider retries, must not remember a delivery it failed to enqueue (or the
-retry would be swallowed as a duplicate), and must heal by itself when the
-servers return. /readyz names what is missing.
+provider retries, must not lose a delivery it journaled before the broker
+refused it (the retry is a duplicate and beat redrives it), and must heal by
+itself when the servers return. /readyz names what is missing.
 
 Every server here is a private redis-server (tests.support.PrivateRedis) that the
 test stops and starts on the same port; the shared Redis is never touched.
@@ -20,6 +20,8 @@ import redis
 
 from tests.conftest import REPLICATE_SECRET
 from tests.support import PrivateRedis, Receiver, body_of, signed_headers
+from webhook_ingest.clock import now_ms
+from webhook_ingest.handoff.publish import enqueue
 from webhook_ingest.state import keys
 
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
@@ -75,6 +77,14 @@ def claim(server: PrivateRedis, msg_id: str) -> str | None:
         client.close()
 
 
+def journaled(server: PrivateRedis, msg_id: str) -> bool:
+    client = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        return client.hexists(keys.JOURNAL_MESSAGES, f"replicate:{msg_id}")
+    finally:
+        client.close()
+
+
 def assert_unavailable(response, elapsed: float) -> dict:
     assert response.status_code == 503, (response.status_code, response.get_data(as_text=True))
     assert response.is_json
@@ -118,18 +128,28 @@ def test_redis_down_answers_503_and_the_retry_is_accepted_when_it_is_back(
     assert ready.status_code == 200
 
 
-def test_broker_down_answers_503_and_releases_the_claim(servers, receiver_with, job_id):
+def test_broker_down_answers_503_and_the_journal_keeps_the_delivery_for_redrive(
+    servers, receiver_with, job_id
+):
+    """The broker is a separate server: the delivery is journaled with its claim
+    before the publish fails. The 503 makes the provider retry; the retry is
+    answered as a duplicate at once (the journal holds the delivery, and may
+    already have been promised to a concurrent retry); once the broker is back,
+    beat's redrive publishes it exactly once."""
     state = servers()
     broker = PrivateRedis()  # a free port where nothing listens yet
     receiver = receiver_with(redis_url=state.url, broker_url=broker.url)
     body, headers = delivery(job_id)
     msg_id = headers["webhook-id"]
 
-    for attempt in range(2):
-        response, elapsed = post(receiver, job_id, body, headers)
-        assert_unavailable(response, elapsed)
-        # released, not left "pending" or "enqueued": the retry must not be a duplicate
-        assert claim(state, msg_id) is None, f"attempt {attempt + 1} left its claim"
+    response, elapsed = post(receiver, job_id, body, headers)
+    assert_unavailable(response, elapsed)
+    assert claim(state, msg_id) == "enqueued"
+    assert journaled(state, msg_id)
+
+    retry, _ = post(receiver, job_id, body, headers)
+    assert retry.status_code == 200
+    assert retry.get_json() == {"received": True, "duplicate": True}
 
     ready, elapsed = readyz(receiver)
     assert ready.status_code == 503
@@ -138,11 +158,18 @@ def test_broker_down_answers_503_and_releases_the_claim(servers, receiver_with, 
 
     try:
         broker.start()
-        response, _ = post(receiver, job_id, body, headers)
-        assert response.status_code == 202
-        assert response.get_json() == {"received": True}
+        assert queued(broker) == 0
+        journal = receiver.services.journal
+        assert journal.take_overdue(100) == []  # not overdue yet: no duplicate publish
+        # as beat's redrive does once the record is overdue
+        later = now_ms() + journal.redrive_after_ms + 1000
+        [overdue] = journal.take_overdue(100, now=later)
+        assert (overdue.delivery_id, overdue.journaled) == (msg_id, True)
+        enqueue(receiver.celery, overdue)
         assert queued(broker) == 1
-        assert claim(state, msg_id) == "enqueued"
+        assert journal.take_overdue(100, now=later) == []  # once per period at most
+        assert post(receiver, job_id, body, headers)[0].status_code == 200
+        assert queued(broker) == 1
         ready, _ = readyz(receiver)
         assert ready.status_code == 200
     finally:
@@ -159,16 +186,18 @@ def test_broker_lost_after_working_answers_503_until_it_returns(servers, receive
     assert queued(broker) == 1
 
     broker.stop()
-    body, headers = delivery(job_id)
     for _ in range(2):
+        body, headers = delivery(job_id)
         response, elapsed = post(receiver, job_id, body, headers)
         assert_unavailable(response, elapsed)
-        assert claim(state, headers["webhook-id"]) is None
+        # kept for beat's redrive (see the test above), never half-acknowledged
+        assert journaled(state, headers["webhook-id"])
 
     broker.start()
+    body, headers = delivery(job_id)
     response, _ = post(receiver, job_id, body, headers)
     assert response.status_code == 202
-    assert queued(broker) == 1  # the restarted broker is empty: this is the retry
+    assert queued(broker) == 1  # the restarted broker is empty: this is the new one
 
 
 def test_state_redis_down_answers_503_and_enqueues_nothing(servers, receiver_with, job_id):

@@ -26,7 +26,7 @@ from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
 from tests.support import PrivateRedis, Subscriber, body_of, celery_for, signed_headers, wait_for
-from webhook_ingest.handoff import SingleScriptHandoff, ThreeStepHandoff, build_handoff
+from webhook_ingest.handoff import JournalThenPublishHandoff, SingleScriptHandoff, build_handoff
 from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 from webhook_ingest.web.app import create_app
@@ -78,9 +78,11 @@ def build_app(environ: dict[str, str], broker_url: str, handoff_kind: str = "sin
 # Both ways of making a delivery durable answer every row of the table alike.
 HANDOFFS = {
     "single_script": lambda services, celery_app: build_handoff(
-        services.settings, services.redis, services.claims, celery_app
+        services.settings, services.redis, services.claims, services.journal, celery_app
     ),
-    "three_step": lambda services, celery_app: ThreeStepHandoff(services.claims, celery_app),
+    "journal_then_publish": lambda services, celery_app: JournalThenPublishHandoff(
+        services.claims, services.journal, celery_app
+    ),
 }
 
 
@@ -89,7 +91,9 @@ def isolated(private_redis, request):
     environ = dict(os.environ, REDIS_URL=private_redis.url, CELERY_BROKER_URL=private_redis.url)
     flask_app, services, celery_app = build_app(environ, private_redis.url, request.param)
     # the state's own server is the broker here: the default picks the one-call path
-    expected = SingleScriptHandoff if request.param == "single_script" else ThreeStepHandoff
+    expected = (
+        SingleScriptHandoff if request.param == "single_script" else JournalThenPublishHandoff
+    )
     assert type(flask_app.extensions["handoff"]) is expected
     client = redis.Redis.from_url(private_redis.url, decode_responses=True)
     raw = redis.Redis.from_url(private_redis.url)

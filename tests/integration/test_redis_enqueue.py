@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPLICATE_SECRET, TEST_BROKER_URL, TEST_REDIS_URL
 from tests.support import body_of, celery_for, client_for, signed_headers, wait_for
-from webhook_ingest.handoff import SingleScriptHandoff, ThreeStepHandoff, build_handoff
+from webhook_ingest.handoff import JournalThenPublishHandoff, SingleScriptHandoff, build_handoff
 from webhook_ingest.handoff.claims import PENDING, Claim
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.publish import enqueue
@@ -57,7 +57,7 @@ def test_it_applies_only_when_the_broker_is_on_the_state_redis_server(broker):
 
 def test_the_message_is_the_one_kombu_writes_for_send_task(services, broker):
     app, reader = broker
-    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60)
+    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60, services.journal)
     sample = delivery()
 
     enqueue(app, sample)  # through kombu
@@ -90,7 +90,7 @@ def test_the_message_is_the_one_kombu_writes_for_send_task(services, broker):
 
 def test_claim_and_queue_change_together(services, broker, redis_client):
     app, reader = broker
-    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60)
+    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60, services.journal)
     first, second = delivery(1), delivery(2)
     claim_key = keys.delivery_claim("replicate", second.delivery_id)
     redis_client.set(claim_key, PENDING)  # another request is enqueueing it (three-step path)
@@ -109,8 +109,10 @@ def test_the_receiver_uses_one_call_here_and_three_steps_with_another_broker(
     app, services, quiet_broker
 ):
     assert isinstance(app.extensions["handoff"], SingleScriptHandoff)
-    other = build_handoff(services.settings, services.redis, services.claims, quiet_broker)
-    assert isinstance(other, ThreeStepHandoff)  # a separate redis-server
+    other = build_handoff(
+        services.settings, services.redis, services.claims, services.journal, quiet_broker
+    )
+    assert isinstance(other, JournalThenPublishHandoff)  # a separate redis-server
 
 
 def test_deliveries_through_the_one_call_path_are_applied_by_the_worker(

@@ -20,6 +20,8 @@ import redis
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
 from tests.support import signed_headers
 from webhook_ingest.handoff.claims import Claim, DeliveryClaims
+from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.state import keys
 
 URL = "/webhook/replicate/job-1"
@@ -188,13 +190,22 @@ def test_memory_per_remembered_delivery_id(own_redis):
     ids (`msg_` + 32 hex, 36 characters) under the replicate provider's key prefix."""
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     claims = DeliveryClaims(client, ttl_seconds=DEFAULT_DEDUP_TTL)
+    journal = Journal(client, redrive_after_seconds=300)
+
+    def claim(delivery_id: str) -> Claim:
+        delivery = Delivery("replicate", delivery_id, "{}", journaled=True)
+        return claims.claim(delivery, journal.record(delivery))
+
     ids = [f"msg_{uuid.uuid4().hex}" for _ in range(CLAIMS)]
-    claims.claim("replicate", "msg_warm-up")  # load the scripts and connection first
+    claim("msg_warm-up")  # load the scripts and connection first
+    client.delete(keys.JOURNAL, keys.JOURNAL_MESSAGES)
     before = used_memory(client)
 
     for delivery_id in ids:
-        assert claims.claim("replicate", delivery_id) is Claim.NEW
-        claims.confirm("replicate", delivery_id)
+        assert claim(delivery_id) is Claim.NEW
+    # the worker finishes every journal record with its delivery's outcome: what
+    # stays for the dedup window is the claim
+    client.delete(keys.JOURNAL, keys.JOURNAL_MESSAGES)
 
     after = used_memory(client)
     per_id = (after - before) / CLAIMS
@@ -209,6 +220,6 @@ def test_memory_per_remembered_delivery_id(own_redis):
     assert client.info("keyspace")["db0"]["expires"] == CLAIMS + 1, "every id must expire"
     assert 0 < per_id < GENEROUS_BYTES_PER_ID, per_id
     # and they really are remembered
-    assert claims.claim("replicate", ids[0]) is Claim.DUPLICATE
-    assert claims.claim("replicate", ids[-1]) is Claim.DUPLICATE
+    assert claim(ids[0]) is Claim.DUPLICATE
+    assert claim(ids[-1]) is Claim.DUPLICATE
     client.close()

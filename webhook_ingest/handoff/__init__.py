@@ -1,11 +1,15 @@
 """The hand-off: how the receiver makes a verified delivery durable before a 2xx.
 
-Two ways behind one interface (`Handoff.accept`):
+Every way writes the delivery's claim and its journal record (handoff.journal)
+in one atomic step; the 2xx rests on that record, which the worker removes with
+the delivery's outcome and beat redrives if nobody does. Two ways behind one
+interface (`Handoff.accept`):
 
 - single_script: the broker is a database of the state's Redis server (the
-  default): claim and enqueue are one Lua script, one round trip;
-- three_step: any other broker (RabbitMQ, a separate Redis server): claim as
-  `pending`, publish through kombu (publisher confirms on RabbitMQ), confirm.
+  default): claim, journal and the broker's copy are one Lua script;
+- journal_then_publish: any other broker (RabbitMQ, a separate Redis server):
+  claim and journal in one script, then publish through kombu (publisher
+  confirms on RabbitMQ).
 
 `build_handoff` picks the one the configuration allows.
 """
@@ -18,17 +22,28 @@ from celery import Celery
 from webhook_ingest.config import Settings
 from webhook_ingest.handoff.base import Handoff
 from webhook_ingest.handoff.claims import Claim, DeliveryClaims
+from webhook_ingest.handoff.journal import Journal
+from webhook_ingest.handoff.journal_then_publish import JournalThenPublishHandoff
 from webhook_ingest.handoff.single_script import SingleScriptHandoff
-from webhook_ingest.handoff.three_step import ThreeStepHandoff
 
-__all__ = ["Claim", "Handoff", "SingleScriptHandoff", "ThreeStepHandoff", "build_handoff"]
+__all__ = [
+    "Claim",
+    "Handoff",
+    "JournalThenPublishHandoff",
+    "SingleScriptHandoff",
+    "build_handoff",
+]
 
 
 def build_handoff(
-    settings: Settings, client: redis.Redis, claims: DeliveryClaims, celery_app: Celery
+    settings: Settings,
+    client: redis.Redis,
+    claims: DeliveryClaims,
+    journal: Journal,
+    celery_app: Celery,
 ) -> Handoff:
     if SingleScriptHandoff.applies(celery_app, settings.redis_url):
         return SingleScriptHandoff(
-            client, celery_app, settings.redis_url, settings.dedup_ttl_seconds
+            client, celery_app, settings.redis_url, settings.dedup_ttl_seconds, journal
         )
-    return ThreeStepHandoff(claims, celery_app)
+    return JournalThenPublishHandoff(claims, journal, celery_app)

@@ -1,10 +1,15 @@
-"""Receiver-side de-duplication by delivery id (`webhook-id`).
+"""Receiver-side de-duplication by delivery id (`webhook-id`), written together
+with the delivery's journal record.
 
-A claim is `pending` while the delivery is being enqueued and `enqueued` after.
-A retry that arrives while the first attempt is still pending is told to come
-back (409) rather than acknowledged: if that first enqueue then failed, an
-acknowledged duplicate would have lost the delivery. A failed enqueue releases
-the claim so the provider's retry is accepted.
+A claim says `enqueued` from the moment the delivery is journaled: the journal,
+not the broker, is what a 2xx rests on (handoff.journal), so a provider's retry
+of a journaled delivery is answered as a duplicate at once, whether or not the
+first attempt's publish has finished (or was cut short by a crash: beat
+redrives the record).
+
+`pending` claims were written by versions before the journal while they
+published; one left by such a receiver still answers 409 until it expires
+(PENDING_TTL_SECONDS).
 """
 
 from __future__ import annotations
@@ -13,17 +18,25 @@ import enum
 
 import redis
 
+from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.state import keys
 
 PENDING = "pending"
 ENQUEUED = "enqueued"
-# Longer than any enqueue can take (bounded publish retry); after that a stuck
-# claim from a killed receiver frees itself.
 PENDING_TTL_SECONDS = 30
 
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# The claim and the journal record, or neither: the start of both hand-off
+# scripts. KEYS: claim, journal zset, journal messages.
+# ARGV: claim TTL, ENQUEUED, journal member, due (ms), journal message.
+CLAIM_AND_JOURNAL_LUA = """
+local previous = redis.call('GET', KEYS[1])
+if previous then
+  if previous == ARGV[2] then return 'duplicate' end
+  return 'in_flight'
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
 """
 
 
@@ -33,26 +46,35 @@ class Claim(enum.StrEnum):
     IN_FLIGHT = "in_flight"
 
 
+OUTCOMES = {
+    "new": Claim.NEW,
+    "enqueued": Claim.NEW,
+    "duplicate": Claim.DUPLICATE,
+    "in_flight": Claim.IN_FLIGHT,
+}
+
+
+def claim_keys(delivery: Delivery) -> list[str]:
+    return [
+        keys.delivery_claim(delivery.provider, delivery.delivery_id),
+        keys.JOURNAL,
+        keys.JOURNAL_MESSAGES,
+    ]
+
+
+def claim_args(ttl_seconds: int, record: tuple[str, int, str]) -> list:
+    member, due, message = record
+    return [ttl_seconds, ENQUEUED, member, due, message]
+
+
 class DeliveryClaims:
+    """Claim + journal as one script, for hand-offs that publish afterwards."""
+
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
-        self._redis = client
-        self._ttl = ttl_seconds
-        self._release = client.register_script(_RELEASE_LUA)
+        self.ttl_seconds = ttl_seconds
+        self._claim = client.register_script(CLAIM_AND_JOURNAL_LUA + "\nreturn 'new'\n")
 
-    def claim(self, provider: str, delivery_id: str) -> Claim:
-        previous = self._redis.set(
-            keys.delivery_claim(provider, delivery_id),
-            PENDING,
-            nx=True,
-            get=True,
-            ex=PENDING_TTL_SECONDS,
-        )
-        if previous is None:
-            return Claim.NEW
-        return Claim.DUPLICATE if previous == ENQUEUED else Claim.IN_FLIGHT
-
-    def confirm(self, provider: str, delivery_id: str) -> None:
-        self._redis.set(keys.delivery_claim(provider, delivery_id), ENQUEUED, ex=self._ttl)
-
-    def release(self, provider: str, delivery_id: str) -> None:
-        self._release(keys=[keys.delivery_claim(provider, delivery_id)], args=[PENDING])
+    def claim(self, delivery: Delivery, record: tuple[str, int, str]) -> Claim:
+        """`record`: the delivery's journal record (handoff.journal.Journal.record)."""
+        reply = self._claim(keys=claim_keys(delivery), args=claim_args(self.ttl_seconds, record))
+        return OUTCOMES[reply if isinstance(reply, str) else reply.decode()]

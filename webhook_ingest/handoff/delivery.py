@@ -26,6 +26,16 @@ class Delivery:
     # Set when an operator replays a dead letter (ms), so a worker can tell a replay
     # from a first delivery; received_at keeps the original arrival.
     replayed_at: int | None = None
+    # Set by the receiver when the delivery was written to the journal with its
+    # claim (handoff.journal): the worker then finishes that record with the
+    # outcome, and takes a missing record to mean the delivery was finished by an
+    # earlier copy. Deliveries sent by an older version carry no such record.
+    journaled: bool = False
+
+    @property
+    def journal_member(self) -> str:
+        """The delivery's name in the journal: the same identity as its claim."""
+        return f"{self.provider}:{self.delivery_id}"
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,17 +5,17 @@ CELERY_BROKER_URL unset means REDIS_URL), the receiver's three round trips —
 claim the delivery id, publish through kombu, confirm the claim — become one
 Lua script that Redis runs atomically: it LPUSHes the same message kombu's Redis
 transport would (Celery message protocol v2 in kombu's envelope) onto the queue
-list the worker consumes, and marks the claim `enqueued` in the same step. The
-script SELECTs the broker's database and back (allowed in scripts; the caller's
-connection keeps its own). Durability is the broker's own (the same LPUSH on
-the same server); atomicity is better than the three-step path, which needs a
-`pending` claim to cover a crash between its steps.
+list the worker consumes, marks the claim `enqueued` and writes the delivery's
+journal record (handoff.journal) in the same step. The script SELECTs the
+broker's database and back (allowed in scripts; the caller's connection keeps
+its own). The acknowledgment rests on the journal record; the broker's copy is
+how the worker gets it without waiting for a redrive.
 
 Measured (bench/, docs/benchmarks.md): kombu's publish costs several Redis
 round trips' worth of Python per delivery; this is one round trip.
 
-Anything else (RabbitMQ, a separate Redis server, TLS differences) uses the
-three-step path in webhook_ingest.handoff.three_step.
+Anything else (RabbitMQ, a separate Redis server, TLS differences) journals,
+then publishes: webhook_ingest.handoff.journal_then_publish.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from dataclasses import replace
 from urllib.parse import quote, urlsplit
 
 import redis
@@ -32,27 +33,29 @@ from kombu.transport import resolve_transport
 
 from celeryconfig import INGEST_TASK
 from webhook_ingest.handoff.base import Handoff
-from webhook_ingest.handoff.claims import ENQUEUED, Claim
+from webhook_ingest.handoff.claims import (
+    CLAIM_AND_JOURNAL_LUA,
+    OUTCOMES,
+    Claim,
+    claim_args,
+    claim_keys,
+)
 from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import argsrepr
-from webhook_ingest.state import keys
 
-# KEYS: claim key, queue list. ARGV: message, claim TTL, broker db, state db.
-_CLAIM_AND_PUSH_LUA = """
-local previous = redis.call('GET', KEYS[1])
-if previous then
-  if previous == ARGV[5] then return 'duplicate' end
-  return 'in_flight'
-end
-local broker_db, state_db = tonumber(ARGV[3]), tonumber(ARGV[4])
+# Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-3], ARGV[1-5]), then
+# the push. KEYS[4]: queue list. ARGV[6-8]: broker message, broker db, state db.
+_CLAIM_AND_PUSH_LUA = (
+    CLAIM_AND_JOURNAL_LUA
+    + """
+local broker_db, state_db = tonumber(ARGV[7]), tonumber(ARGV[8])
 if broker_db ~= state_db then redis.call('SELECT', broker_db) end
-redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[4], ARGV[6])
 if broker_db ~= state_db then redis.call('SELECT', state_db) end
-redis.call('SET', KEYS[1], ARGV[5], 'EX', ARGV[2])
 return 'enqueued'
 """
-
-_OUTCOMES = {"enqueued": Claim.NEW, "duplicate": Claim.DUPLICATE, "in_flight": Claim.IN_FLIGHT}
+)
 
 
 def _server(url: str) -> tuple | None:
@@ -73,9 +76,15 @@ class SingleScriptHandoff(Handoff):
     """Claim + enqueue + confirm as one script; see the module docstring."""
 
     def __init__(
-        self, client: redis.Redis, celery_app: Celery, state_url: str, claim_ttl_seconds: int
+        self,
+        client: redis.Redis,
+        celery_app: Celery,
+        state_url: str,
+        claim_ttl_seconds: int,
+        journal: Journal,
     ) -> None:
         self._script = client.register_script(_CLAIM_AND_PUSH_LUA)
+        self._journal = journal
         self._ttl = claim_ttl_seconds
         self._state_db = _db(state_url)
         self._broker_db = _db(broker_url(celery_app))
@@ -99,11 +108,17 @@ class SingleScriptHandoff(Handoff):
         return _server(broker) is not None and _server(broker) == _server(state_url)
 
     def accept(self, delivery: Delivery) -> Claim:
+        delivery = replace(delivery, journaled=True)
         reply = self._script(
-            keys=[keys.delivery_claim(delivery.provider, delivery.delivery_id), self._queue],
-            args=[self.message(delivery), self._ttl, self._broker_db, self._state_db, ENQUEUED],
+            keys=[*claim_keys(delivery), self._queue],
+            args=[
+                *claim_args(self._ttl, self._journal.record(delivery)),
+                self.message(delivery),
+                self._broker_db,
+                self._state_db,
+            ],
         )
-        return _OUTCOMES[reply]
+        return OUTCOMES[reply if isinstance(reply, str) else reply.decode()]
 
     def message(self, delivery: Delivery) -> str:
         """The JSON kombu's Redis transport stores for `send_task(INGEST_TASK, [message])`."""

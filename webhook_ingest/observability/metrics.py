@@ -94,3 +94,9 @@ CONSISTENCY_CHECKS = Counter(
     "(agree, disagree, unavailable).",
     ["provider", "result"],
 )
+
+JOURNAL_REDRIVEN = Counter(
+    "webhook_journal_redriven_total",
+    "Acknowledged deliveries published again because they were overdue in the journal.",
+    ["provider"],
+)

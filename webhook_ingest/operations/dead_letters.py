@@ -23,7 +23,8 @@ from celery import Celery
 
 from webhook_ingest.clock import now_ms
 from webhook_ingest.handoff.delivery import Delivery
-from webhook_ingest.handoff.publish import enqueue
+from webhook_ingest.handoff.journal import Journal, finish_in
+from webhook_ingest.handoff.publish import EnqueueFailed, enqueue
 from webhook_ingest.state import keys
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ class UnknownDeadLetter(KeyError):
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_seconds: int, journal: Journal) -> None:
         self._redis = client
         self._ttl = ttl_seconds
+        self._journal = journal
 
     def park(self, delivery: Delivery, reason: str, error: str, attempts: int) -> str:
         letter_id = uuid.uuid4().hex
@@ -71,6 +73,8 @@ class DeadLetters:
             pipe.zadd(keys.DEAD_LETTERS, {letter_id: parked_at})
             # the index forgets what the records forgot
             pipe.zremrangebyscore(keys.DEAD_LETTERS, "-inf", parked_at - self._ttl * 1000)
+            # parked is an outcome: the delivery's journal record ends with it
+            finish_in(pipe, delivery)
             pipe.execute()
         return letter_id
 
@@ -127,8 +131,17 @@ class DeadLetters:
         if letter is None:
             self._forget(letter_id)
             raise UnknownDeadLetter(letter_id)
-        delivery = Delivery.from_message(letter["message"])
-        enqueue(celery_app, dataclasses.replace(delivery, replayed_at=now_ms()))
+        delivery = dataclasses.replace(
+            Delivery.from_message(letter["message"]), replayed_at=now_ms(), journaled=True
+        )
+        # Journaled before it is published, like a delivery the receiver takes: a
+        # worker that loses the message does not lose the replay with it.
+        self._journal.open(delivery)
+        try:
+            enqueue(celery_app, delivery)
+        except EnqueueFailed:
+            self._journal.forget(delivery)  # nobody else knows of this record: the letter stays
+            raise
         # Should this fail, the letter stays and a second replay is a harmless duplicate.
         self._delete(letter_id)
         log.info("dead letter %s replayed", letter_id, extra=_log_context(letter))

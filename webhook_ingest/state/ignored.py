@@ -8,6 +8,8 @@ import json
 
 import redis
 
+from webhook_ingest.handoff.delivery import Delivery
+from webhook_ingest.handoff.journal import finish_in
 from webhook_ingest.state import keys
 
 KEEP = 1000
@@ -17,24 +19,19 @@ class IgnoredDeliveries:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def record(
-        self,
-        provider: str,
-        delivery_id: str,
-        job_id: str | None,
-        event_type: str | None,
-        received_at: int,
-    ) -> None:
+    def record(self, delivery: Delivery, job_id: str | None, event_type: str | None) -> None:
+        """Record the delivery and finish its journal record, together."""
         record = json.dumps(
             {
-                "provider": provider,
-                "delivery_id": delivery_id,
+                "provider": delivery.provider,
+                "delivery_id": delivery.delivery_id,
                 "job_id": job_id,
                 "event_type": event_type,
-                "received_at": received_at,
+                "received_at": delivery.received_at,
             }
         )
-        with self._redis.pipeline(transaction=False) as pipe:
+        with self._redis.pipeline(transaction=True) as pipe:
             pipe.lpush(keys.IGNORED_DELIVERIES, record)
             pipe.ltrim(keys.IGNORED_DELIVERIES, 0, KEEP - 1)
+            finish_in(pipe, delivery)
             pipe.execute()

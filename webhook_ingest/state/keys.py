@@ -91,3 +91,11 @@ def raw_delivery(member: str) -> str:
 
 # capped list of deliveries recorded but not applied (state.ignored)
 IGNORED_DELIVERIES = "webhook_ingest:ignored"
+
+
+# The delivery journal (handoff.journal): a delivery the receiver acknowledged
+# stays here until the worker records its outcome. A zset of journal members
+# scored by when the delivery is due to be finished (ms), and a hash of the
+# message each member's delivery travels as.
+JOURNAL = "webhook_ingest:journal"
+JOURNAL_MESSAGES = "webhook_ingest:journal_messages"

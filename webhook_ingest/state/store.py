@@ -40,6 +40,14 @@ local events_keep, finished_cutoff, finished_ttl_ms = tonumber(ARGV[14]), ARGV[1
 local finished_keep = tonumber(ARGV[17])
 local provider_status = ARGV[18]
 
+-- Whatever becomes of this observation, its delivery is finished: the journal
+-- record the receiver's acknowledgment rests on goes in this same atomic step.
+local journal_member = ARGV[18]
+if journal_member ~= '' then
+  redis.call('ZREM', KEYS[8], journal_member)
+  redis.call('HDEL', KEYS[9], journal_member)
+end
+
 local function str(value)
   if value == nil or value == false or value == '' then return 'null' end
   return cjson.encode(value)
@@ -179,8 +187,16 @@ class StateStore:
         self._finished_keep = finished_keep
         self._apply = client.register_script(_APPLY_LUA)
 
-    def apply(self, update: JobStateUpdate, delivery_id: str | None = None) -> ApplyResult:
-        """Apply one observation atomically; see the module docstring for the rules."""
+    def apply(
+        self,
+        update: JobStateUpdate,
+        delivery_id: str | None = None,
+        journal_member: str | None = None,
+    ) -> ApplyResult:
+        """Apply one observation atomically; see the module docstring for the rules.
+
+        `journal_member`: the journal record of the delivery this observation came
+        from, finished in the same step (handoff.journal)."""
         update = validated(update)
         job_id = update.job_id
         reply = self._apply(
@@ -192,6 +208,8 @@ class StateStore:
                 keys.POLL_FAILURES,
                 keys.job_events(job_id),
                 keys.finished_jobs(update.provider),
+                keys.JOURNAL,
+                keys.JOURNAL_MESSAGES,
             ],
             args=[
                 job_id,
@@ -213,7 +231,11 @@ class StateStore:
                 update.updated_at - self._finished_window_ms,
                 self._finished_window_ms,
                 self._finished_keep,
+<<<<<<< HEAD
                 update.provider_status or "",
+=======
+                journal_member or "",
+>>>>>>> 410e522 (WIP journal: receiver journals with its claim, worker finishes records with outcomes, beat redrives)
             ],
         )
         outcome = Outcome(_text(reply[0]))

@@ -40,7 +40,9 @@ def create_app(
     if celery_app is None:
         celery_app = broker.celery_app(settings)  # the receiver only publishes
     if handoff is None:
-        handoff = build_handoff(settings, services.redis, services.claims, celery_app)
+        handoff = build_handoff(
+            settings, services.redis, services.claims, services.journal, celery_app
+        )
 
     app.extensions["webhook_ingest"] = services
     app.extensions["celery"] = celery_app

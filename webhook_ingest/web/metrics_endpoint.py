@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import redis
 from flask import Blueprint, Response, current_app
@@ -62,6 +63,19 @@ class RedisGauges:
         for name, count in depths.tracked_jobs.items():
             jobs.add_metric([name], count)
         yield jobs
+        journal = GaugeMetricFamily(
+            "webhook_journal_depth",
+            "Acknowledged deliveries not finished yet (applied, ignored or parked).",
+        )
+        journal.add_metric([], depths.journal)
+        yield journal
+        age = GaugeMetricFamily(
+            "webhook_journal_oldest_age_seconds",
+            "Age of the journal's first-due unfinished delivery; 0 when the journal is empty.",
+        )
+        oldest = depths.journal_oldest_received_at
+        age.add_metric([], max(0.0, time.time() - oldest / 1000) if oldest else 0.0)
+        yield age
 
 
 class _ThisProcess:
