@@ -49,13 +49,8 @@ def build_services(
         ),
         jobs=JobRegistry(client),
         claims=DeliveryClaims(client, ttl_seconds=settings.dedup_ttl_seconds),
-<<<<<<< HEAD
-        dead_letters=DeadLetters(client, ttl_seconds=settings.dead_letter_ttl_seconds),
-        providers=load_providers(settings, environ, redis=client),
-=======
         dead_letters=DeadLetters(client, settings.dead_letter_ttl_seconds, journal),
-        providers=load_providers(settings, environ),
->>>>>>> 410e522 (WIP journal: receiver journals with its claim, worker finishes records with outcomes, beat redrives)
+        providers=load_providers(settings, environ, redis=client),
         raw_deliveries=RawDeliveries(client, retention_seconds=settings.raw_retention_seconds),
         ignored=IgnoredDeliveries(client),
         journal=journal,

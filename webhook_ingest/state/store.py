@@ -42,7 +42,7 @@ local provider_status = ARGV[18]
 
 -- Whatever becomes of this observation, its delivery is finished: the journal
 -- record the receiver's acknowledgment rests on goes in this same atomic step.
-local journal_member = ARGV[18]
+local journal_member = ARGV[19]
 if journal_member ~= '' then
   redis.call('ZREM', KEYS[8], journal_member)
   redis.call('HDEL', KEYS[9], journal_member)
@@ -231,11 +231,8 @@ class StateStore:
                 update.updated_at - self._finished_window_ms,
                 self._finished_window_ms,
                 self._finished_keep,
-<<<<<<< HEAD
                 update.provider_status or "",
-=======
                 journal_member or "",
->>>>>>> 410e522 (WIP journal: receiver journals with its claim, worker finishes records with outcomes, beat redrives)
             ],
         )
         outcome = Outcome(_text(reply[0]))
