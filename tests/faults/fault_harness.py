@@ -44,6 +44,15 @@ BROKERS = ["redis", "amqp"]
 # the service accepts (webhook_ingest.config) and the value docs/operations.md uses.
 VISIBILITY_TIMEOUT = 10
 
+# The journal's redrive on a schedule the suite can wait for: the lowest period
+# the service accepts with that visibility timeout (webhook_ingest.config), and
+# beat's redrive every 2 s. Tests that lose a broker's message run beat with it.
+REDRIVE_AFTER = 20
+JOURNAL_ENV = {
+    "JOURNAL_REDRIVE_AFTER_SECONDS": str(REDRIVE_AFTER),
+    "JOURNAL_REDRIVE_INTERVAL_SECONDS": "2",
+}
+
 # Every fault test's counts, printed at the end of the run (tests/conftest.py).
 COUNTS: list[str] = []
 

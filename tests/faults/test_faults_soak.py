@@ -13,17 +13,15 @@ a second run with SIGKILL (a crash or an OOM kill: its unacknowledged
 deliveries come back after the 10 s visibility timeout and kombu's restore
 sweep).
 
-**What SIGKILL cannot guarantee on the Redis broker.** kombu's Redis transport
-takes a message with BRPOP and records it as unacknowledged (ZADD unacked_index,
-HSET unacked) in a second round trip (kombu/transport/redis.py: `_brpop_read`,
-`QoS.append`). A worker killed between the two has removed the message from the
-queue without a trace anywhere: the delivery, acknowledged to the provider with a
-202, is lost (known upstream: celery/kombu#305, celery/celery#7950). Measured
-here: 1 delivery lost in two of three runs with a SIGKILL (of about 10,500
-sends each; the third lost none). That run is marked xfail (not strict) with
-this reason; the orphan poller recovers a lost terminal event (not a lost
-progress event), and on RabbitMQ the broker keeps a message until it is
-acknowledged.
+**What SIGKILL takes, and what brings it back.** kombu's Redis transport takes a
+message with BRPOP and records it as unacknowledged (ZADD unacked_index, HSET
+unacked) in a second round trip (kombu/transport/redis.py: `_brpop_read`,
+`QoS.append`). A worker killed between the two removes the message from the
+queue without a trace on the broker (celery/kombu#305, celery/celery#7950;
+measured before the journal: 1 delivery lost in two of three SIGKILL runs). The
+delivery's journal record stays until a worker records its outcome, and beat's
+redrive publishes it again once it is overdue (REDRIVE_AFTER here), so the
+SIGKILL run must lose nothing either.
 
 Asserted: every delivery acknowledged; every job in the state its terminal
 event implies; lost = 0 (every acknowledged delivery has an outcome in its
@@ -71,6 +69,8 @@ import time
 import pytest
 
 from tests.faults.fault_harness import (
+    JOURNAL_ENV,
+    REDRIVE_AFTER,
     Ledger,
     System,
     new_jobs,
@@ -93,7 +93,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.faults,
     # JSON logs carry each delivery's id: a lost one can be traced through them
-    pytest.mark.system_env(LOG_FORMAT="json"),
+    pytest.mark.system_env(LOG_FORMAT="json", **JOURNAL_ENV),
 ]
 
 JOBS = 1000
@@ -136,20 +136,7 @@ def schedule(rng: random.Random, plans, seconds: float) -> list:
     return [delivery for _, delivery in timed]
 
 
-@pytest.mark.parametrize(
-    "signal_name",
-    [
-        "SIGTERM",
-        pytest.param(
-            "SIGKILL",
-            marks=pytest.mark.xfail(
-                reason="kombu Redis transport: BRPOP and the unacked record are two round "
-                "trips; a SIGKILL between them loses the message (celery/kombu#305)",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signal_name):
     seed = int(os.environ.get("FAULTS_SEED") or random.randrange(2**32))
     print(f"\nsoak seed: {seed} (FAULTS_SEED={seed} reruns this sequence)")
@@ -159,6 +146,7 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signa
     restarts: list[str] = []
     with store.client() as client:
         system.start_web()
+        system.start_beat()  # the journal's redrive
         system.start_worker("worker-1")
         system.wait_worker_ready("worker-1")
         before = client.info("memory")["used_memory"]
@@ -195,6 +183,9 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signa
         # visibility timeout (10 s) has passed, on its next restore sweep (every
         # unacked_restore_interval x unacked_restore_throttle = 100 s by default)
         drained = wait_queue_empty(client, timeout=150)
+        # and what a SIGKILL took off the queue unrecorded comes back by redrive:
+        # the journal holds a record until its delivery is finished
+        journal_empty = wait_journal_empty(client, timeout=REDRIVE_AFTER + 60)
         ledger = Ledger(store)
         states = ledger.states(list(plans))
         events = ledger.events(list(plans))
@@ -262,6 +253,7 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signa
     assert counts.duplicated == 0, duplicated[:10]
     assert not wrong, wrong[:5]
     assert drained, "the broker queue did not drain"
+    assert journal_empty, "acknowledged deliveries still unfinished in the journal"
     assert len(restarts) == 1, restarts
     assert grown <= bound, (grown, bound)
     assert not unexpected, unexpected
@@ -269,6 +261,15 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signa
     assert not missing_families, missing_families
     # per job, not per delivery: the keys without a TTL are bounded by the jobs
     assert all(no_ttl.get(f, 0) <= JOBS for f in NO_TTL_PER_JOB), no_ttl
+
+
+def wait_journal_empty(client, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while client.zcard(keys.JOURNAL):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def _whereabouts(client, system: System, lost: list[str], deliveries) -> dict[str, dict]:
