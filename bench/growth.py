@@ -126,6 +126,7 @@ def _delivery_memory(services, registrar: BulkRegistrar, tag: str) -> dict:
     """Bytes per remembered delivery id, on jobs that already had a delivery."""
     from webhook_ingest.handoff.delivery import Delivery
     from webhook_ingest.ingest import ingest
+    from webhook_ingest.state import keys
 
     client = services.redis
     jobs = [(f"job-{tag}-m{n}", f"pred-{tag}-m{n}") for n in range(MEMORY_JOBS)]
@@ -147,14 +148,22 @@ def _delivery_memory(services, registrar: BulkRegistrar, tag: str) -> dict:
     for delivery in second:
         services.claims.claim(delivery, services.journal.record(delivery))
     claimed = _used(client)
+    # what the receiver journaled with the claims, until the worker finishes them
+    journal = sum(
+        client.memory_usage(name, samples=0) or 0 for name in (keys.JOURNAL, keys.JOURNAL_MESSAGES)
+    )
     outcomes = {ingest(delivery, services).outcome.value for delivery in second}
     applied = _used(client)
     if outcomes != {"applied"}:
         raise RuntimeError(f"second deliveries were {outcomes}, expected applied")
-    claim = (claimed - base) / MEMORY_JOBS
-    record = (applied - claimed) / MEMORY_JOBS
+    if client.exists(keys.JOURNAL, keys.JOURNAL_MESSAGES):
+        raise RuntimeError("applying the deliveries left journal records behind")
+    claim = (claimed - base - journal) / MEMORY_JOBS
+    record = (applied - claimed + journal) / MEMORY_JOBS
     return {
         "bytes_per_delivery_claim": claim,
         "bytes_per_applied_record": record,
         "bytes_per_delivery_id": claim + record,
+        "bytes_per_in_flight_delivery": journal / MEMORY_JOBS,
+        "in_flight_body_bytes": statistics.mean(len(d.body) for d in second),
     }

@@ -310,6 +310,12 @@ def build_report(machine: dict, raw: dict) -> dict:
     figure("bytes per delivery id", "B", [g["bytes_per_delivery_id"] for g in gro])
     figure("  of which claim key", "B", [g["bytes_per_delivery_claim"] for g in gro])
     figure("  of which applied record", "B", [g["bytes_per_applied_record"] for g in gro])
+    figure(
+        "bytes per in-flight delivery (journal)",
+        "B",
+        [g["bytes_per_in_flight_delivery"] for g in gro],
+    )
+    figure("  of which the body", "B", [g["in_flight_body_bytes"] for g in gro])
 
     warnings = []
     for n, r in enumerate(rec, 1):

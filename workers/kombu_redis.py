@@ -8,12 +8,24 @@ either way; this keeps the client object too, made again when kombu replaces
 the pool after a connection error. Nothing about when or what is acknowledged
 changes.
 
+It also counts a Redis that refuses writes as a broker that is away. kombu
+files `OutOfMemoryError` (maxmemory with noeviction) and `ReadOnlyError` (a
+master demoted to replica) under channel errors, which Celery's consumer does not
+recover from: the worker logged "Unrecoverable error" and exited the moment the
+broker's Redis filled up (tests/faults/test_faults_journal.py). As connection
+errors they make the consumer reconnect and wait, as it does for a Redis that is
+down; a message taken off the queue meanwhile and never recorded comes back by
+the delivery journal's redrive.
+
 celeryconfig selects it for redis:// and rediss:// brokers (`broker_transport`).
 """
 
 from __future__ import annotations
 
 from kombu.transport import redis as kombu_redis
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
+
+REFUSING_WRITES = (OutOfMemoryError, ReadOnlyError)
 
 
 class Channel(kombu_redis.Channel):
@@ -31,3 +43,5 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    # a class attribute: kombu's Connection reads it from the class
+    connection_errors = (*kombu_redis.Transport.connection_errors, *REFUSING_WRITES)

@@ -77,3 +77,16 @@ def test_one_client_serves_every_ack_and_a_new_pool_gets_a_new_client(queue_name
             assert third is not first
             assert third.connection_pool is channel.pool
             assert third.ping()
+
+
+def test_a_redis_that_refuses_writes_is_a_broker_to_wait_for_not_a_reason_to_exit():
+    """kombu counts OOM and READONLY replies as channel errors, on which Celery's
+    consumer gives up and the worker exits; ours counts them as connection errors,
+    which it reconnects from (the fault suite runs the worker through it)."""
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError
+
+    with celery_app.connection_for_read() as conn:
+        errors = conn.transport.connection_errors
+        assert issubclass(OutOfMemoryError, errors)
+        assert issubclass(ReadOnlyError, errors)
+        assert celery_app.connection_for_read().connection_errors == errors
