@@ -199,3 +199,23 @@ def test_a_redriven_copy_of_a_finished_delivery_changes_nothing(
     # the copy left no trace (the journal said it was finished); only the marker did
     assert newest[: len(newest) - events] == ["msg_after_the_copy"]
     assert services.dead_letters.count() == 0
+
+
+def test_metrics_show_the_journal_depth_and_its_oldest_record(
+    services, quiet_broker, redis_client, job_id
+):
+    client = client_for(services, quiet_broker)
+    for n in range(3):
+        response, _ = send(client, f"{job_id}-{n}", {"id": f"pred-{n}", "status": "starting"})
+        assert response.status_code == 202
+    time.sleep(1.1)
+
+    scrape = client.get("/metrics").get_data(as_text=True)
+
+    gauges = {
+        line.split()[0]: float(line.split()[1])
+        for line in scrape.splitlines()
+        if line.startswith("webhook_journal_")
+    }
+    assert gauges["webhook_journal_depth"] == 3
+    assert 1.0 <= gauges["webhook_journal_oldest_age_seconds"] < 60
