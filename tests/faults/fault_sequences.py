@@ -277,7 +277,10 @@ def family_of(name: str) -> str:
         "webhook_ingest:delivery:",
         "webhook_ingest:dead_letter:",
         "webhook_ingest:raw_delivery:",
-        "webhook_ingest:redbeat:",
+        # RedBeat's schedule, its entries and its lock: the prefix is
+        # celeryconfig's redbeat_key_prefix, and an entry's name follows it
+        # without a separator (webhook_ingest:redbeatpoll-orphans)
+        "webhook_ingest:redbeat",
         "_kombu.binding.",
     ):
         if name.startswith(prefix):

@@ -110,6 +110,8 @@ NO_TTL_FIXED = {
     "_kombu.binding_deadlines",
     "_kombu.binding_permanent.webhook_ingest",
     keys.live_jobs("replicate"),  # one per provider; empty (gone) once every job finished
+    # beat runs (the journal's redrive): its schedule, one key per entry, its lock
+    "webhook_ingest:redbeat*",
 }
 MUST_EXPIRE = {
     "webhook_ingest:delivery:*",
