@@ -110,8 +110,11 @@ NO_TTL_FIXED = {
     "_kombu.binding_deadlines",
     "_kombu.binding_permanent.webhook_ingest",
     keys.live_jobs("replicate"),  # one per provider; empty (gone) once every job finished
-    # beat runs (the journal's redrive): its schedule, one key per entry, its lock
+    # beat runs (the journal's redrive): its schedule, one key per entry, its lock,
+    # and what its other ticks keep: one cursor, one hash of failing polls
     "webhook_ingest:redbeat*",
+    keys.ADOPTION_CURSOR,
+    keys.POLL_FAILURES,
 }
 MUST_EXPIRE = {
     "webhook_ingest:delivery:*",
