@@ -205,7 +205,7 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signa
                 keys.job_mapping(jobs[0][0]),
                 keys.job_events(jobs[0][0]),
                 keys.applied_deliveries(jobs[0][0]),
-                keys.delivery_claim("replicate", deliveries[0].delivery_id),
+                keys.delivery_claim("replicate", deliveries[0].delivery_id, deliveries[0].job_id),
                 keys.external_index("replicate", jobs[0][1]),
             )
             if (family := family_of(name))
@@ -299,7 +299,7 @@ def _whereabouts(client, system: System, lost: list[str], deliveries) -> dict[st
             "queued": d.delivery_id in queued,
             "unacked": d.delivery_id in unacked,
             "parked": d.delivery_id in parked,
-            "claim": client.get(keys.delivery_claim("replicate", d.delivery_id)),
+            "claim": client.get(keys.delivery_claim("replicate", d.delivery_id, d.job_id)),
             "log_lines": [
                 f"{name}: {line[:300]}"
                 for name, log in logs.items()

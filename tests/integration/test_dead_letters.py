@@ -256,7 +256,7 @@ def test_replay_sends_the_same_task_and_delivery_marked_as_a_replay(services, qu
     }
     # journaled before it was published: a worker that loses it does not lose the replay
     assert sent["journaled"] is True
-    member = f"{sent['provider']}:{sent['delivery_id']}"
+    member = Delivery.from_message(sent).journal_member
     assert json.loads(services.redis.hget(keys.JOURNAL_MESSAGES, member)) == sent
     assert services.redis.zscore(keys.JOURNAL, member) is not None
     assert services.dead_letters.get(letter_id) is None

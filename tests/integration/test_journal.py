@@ -28,7 +28,13 @@ def send(client, job_id: str, payload: dict, secret: str = REPLICATE_SECRET, pro
     headers = signed_headers(secret, body)
     path = f"/webhook/{provider}/{job_id}" if job_id else f"/webhook/{provider}"
     response = client.post(path, data=body, headers=headers)
-    return response, f"{provider}:{headers['webhook-id']}"
+    member = Delivery(provider, headers["webhook-id"], body, job_id=job_id).journal_member
+    return response, member
+
+
+def delivery_id_of(member: str) -> str:
+    """`{provider}/{job}/{id}` for per-job URLs, `{provider}:{id}` for project URLs."""
+    return member.rsplit("/", 1)[1] if "/" in member else member.split(":", 1)[1]
 
 
 def record(redis_client, member: str) -> dict | None:
@@ -71,8 +77,8 @@ def test_an_acknowledged_delivery_is_journaled_with_its_claim(
     due = redis_client.zscore(keys.JOURNAL, member)
     redrive_after = services.settings.journal_redrive_after_seconds * 1000
     assert before + redrive_after <= due <= now_ms() + redrive_after
-    delivery_id = member.split(":", 1)[1]
-    assert redis_client.get(keys.delivery_claim("replicate", delivery_id)) == "enqueued"
+    delivery_id = delivery_id_of(member)
+    assert redis_client.get(keys.delivery_claim("replicate", delivery_id, job_id)) == "enqueued"
 
 
 def test_a_rejected_delivery_is_not_journaled(client, redis_client, job_id):
@@ -112,7 +118,7 @@ def test_an_ignored_delivery_finishes_its_record(client, worker, redis_client):
     assert response.status_code == 202
     wait_for(lambda: finished(redis_client, member), message="the record to be finished")
     recorded = [json.loads(r) for r in redis_client.lrange(keys.IGNORED_DELIVERIES, 0, -1)]
-    assert member.split(":", 1)[1] in [r["delivery_id"] for r in recorded]
+    assert delivery_id_of(member) in [r["delivery_id"] for r in recorded]
 
 
 def test_a_parked_delivery_finishes_its_record(client, services, worker, redis_client, job_id):
@@ -124,7 +130,7 @@ def test_a_parked_delivery_finishes_its_record(client, services, worker, redis_c
     assert response.status_code == 202
     wait_for(lambda: finished(redis_client, member), message="the record to be finished")
     [letter] = services.dead_letters.list()
-    assert letter["delivery_id"] == member.split(":", 1)[1]
+    assert letter["delivery_id"] == delivery_id_of(member)
 
 
 def test_a_retry_pushes_the_due_time_forward(client, services, worker, redis_client, job_id):
@@ -167,7 +173,7 @@ def test_a_delivery_the_broker_lost_is_redriven_and_applied_once(
 
     wait_for(lambda: finished(redis_client, member), message="the redriven delivery to finish")
     assert redis_client.hget(keys.job_state(job_id), "status") == "completed"
-    assert redis_client.smembers(keys.applied_deliveries(job_id)) == {member.split(":", 1)[1]}
+    assert redis_client.smembers(keys.applied_deliveries(job_id)) == {delivery_id_of(member)}
     # due again one period later, and finished meanwhile: nothing left to redrive
     assert redrive_journal.apply().get() == 0
 
@@ -182,7 +188,7 @@ def test_a_redriven_copy_of_a_finished_delivery_changes_nothing(
     events = redis_client.llen(keys.job_events(job_id))
 
     # the copy a redrive would have sent had it raced the original
-    provider, delivery_id = member.split(":", 1)
+    provider, delivery_id = "replicate", delivery_id_of(member)
     body = body_of({"id": "pred-twice", "status": "succeeded"})
     copy = Delivery(provider, delivery_id, body, job_id=job_id, journaled=True)
     marker = Delivery("replicate", "msg_after_the_copy", body, job_id=job_id)

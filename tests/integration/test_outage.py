@@ -69,18 +69,18 @@ def queued(server: PrivateRedis) -> int:
         client.close()
 
 
-def claim(server: PrivateRedis, msg_id: str) -> str | None:
+def claim(server: PrivateRedis, msg_id: str, job_id: str) -> str | None:
     client = redis.Redis(port=server.port, decode_responses=True)
     try:
-        return client.get(keys.delivery_claim("replicate", msg_id))
+        return client.get(keys.delivery_claim("replicate", msg_id, job_id))
     finally:
         client.close()
 
 
-def journaled(server: PrivateRedis, msg_id: str) -> bool:
+def journaled(server: PrivateRedis, msg_id: str, job_id: str) -> bool:
     client = redis.Redis(port=server.port, decode_responses=True)
     try:
-        return client.hexists(keys.JOURNAL_MESSAGES, f"replicate:{msg_id}")
+        return client.hexists(keys.JOURNAL_MESSAGES, f"replicate/{job_id}/{msg_id}")
     finally:
         client.close()
 
@@ -122,7 +122,7 @@ def test_redis_down_answers_503_and_the_retry_is_accepted_when_it_is_back(
     assert response.status_code == 202
     assert response.get_json() == {"received": True}
     assert queued(server) == 1
-    assert claim(server, headers["webhook-id"]) == "enqueued"
+    assert claim(server, headers["webhook-id"], job_id) == "enqueued"
 
     ready, _ = readyz(receiver)
     assert ready.status_code == 200
@@ -144,8 +144,8 @@ def test_broker_down_answers_503_and_the_journal_keeps_the_delivery_for_redrive(
 
     response, elapsed = post(receiver, job_id, body, headers)
     assert_unavailable(response, elapsed)
-    assert claim(state, msg_id) == "enqueued"
-    assert journaled(state, msg_id)
+    assert claim(state, msg_id, job_id) == "enqueued"
+    assert journaled(state, msg_id, job_id)
 
     retry, _ = post(receiver, job_id, body, headers)
     assert retry.status_code == 200
@@ -191,7 +191,7 @@ def test_broker_lost_after_working_answers_503_until_it_returns(servers, receive
         response, elapsed = post(receiver, job_id, body, headers)
         assert_unavailable(response, elapsed)
         # kept for beat's redrive (see the test above), never half-acknowledged
-        assert journaled(state, headers["webhook-id"])
+        assert journaled(state, headers["webhook-id"], job_id)
 
     broker.start()
     body, headers = delivery(job_id)

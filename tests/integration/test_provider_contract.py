@@ -85,7 +85,7 @@ def test_a_tampered_delivery_is_401_writes_nothing_and_shows_no_secret(
     assert set(answer.get_json()) == {"error"}
     assert receiver.snapshot(KEY_CACHE) == before, "a rejected delivery wrote to Redis"
     assert receiver.queued() == 0
-    assert not receiver.redis.keys(keys.delivery_claim(case.name, "*"))
+    assert not receiver.redis.keys(keys.delivery_claims(case.name))
     text, logs = answer.get_data(as_text=True), logged_text(caplog.records)
     for secret in case.secret_texts(sent) + case.secret_texts(tampered):
         assert secret not in text

@@ -466,7 +466,7 @@ def test_the_url_token_is_not_in_the_claim_keys(url_token_app):
 
     assert response.status_code == 202
     stored = url_token_app.raw.keys("*")
-    assert keys.delivery_claim("replicate", headers["webhook-id"]).encode() in stored
+    assert keys.delivery_claim("replicate", headers["webhook-id"], "job-1").encode() in stored
     for key in stored:
         assert URL_TOKEN.encode() not in key
         if url_token_app.raw.type(key) == b"list":

@@ -147,8 +147,8 @@ def signed_raw(secret: str, raw: bytes, msg_id: str | None = None) -> dict[str, 
     }
 
 
-def claim_key(provider: str, msg_id: str) -> str:
-    return keys.delivery_claim(provider, msg_id)
+def claim_key(provider: str, msg_id: str, job_id: str | None = None) -> str:
+    return keys.delivery_claim(provider, msg_id, job_id)
 
 
 # -- what every rejection looks like ----------------------------------------------
@@ -204,7 +204,7 @@ def test_signed_replicate_delivery_is_received_and_enqueued(isolated, secret, jo
     assert response.status_code == 202
     assert response.get_json() == {"received": True}
     assert isolated.queued() == 1, "2xx must mean the broker holds the delivery"
-    assert isolated.redis.get(claim_key("replicate", headers["webhook-id"])) == "enqueued"
+    assert isolated.redis.get(claim_key("replicate", headers["webhook-id"], job_id)) == "enqueued"
 
 
 def test_signed_openai_delivery_to_the_project_url_is_received(isolated):
@@ -541,7 +541,7 @@ def test_delivery_whose_first_attempt_is_still_pending_gets_409_and_is_not_enque
 ):
     body = prediction()
     headers = signed_headers(REPLICATE_SECRET, body)
-    key = claim_key("replicate", headers["webhook-id"])
+    key = claim_key("replicate", headers["webhook-id"], job_id)
     isolated.redis.set(key, "pending", ex=30)  # a concurrent first attempt is enqueueing
     url = f"/webhook/replicate/{job_id}"
 

@@ -92,7 +92,7 @@ def test_claim_and_queue_change_together(services, broker, redis_client):
     app, reader = broker
     direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60, services.journal)
     first, second = delivery(1), delivery(2)
-    claim_key = keys.delivery_claim("replicate", second.delivery_id)
+    claim_key = keys.delivery_claim("replicate", second.delivery_id, second.job_id)
     redis_client.set(claim_key, PENDING)  # another request is enqueueing it (three-step path)
 
     assert direct.accept(first) is Claim.NEW
@@ -100,8 +100,15 @@ def test_claim_and_queue_change_together(services, broker, redis_client):
     assert direct.accept(second) is Claim.IN_FLIGHT
 
     assert reader.llen(QUEUE) == 1  # the duplicate and the in-flight one pushed nothing
-    assert redis_client.get(keys.delivery_claim("replicate", first.delivery_id)) == "enqueued"
-    assert 0 < redis_client.ttl(keys.delivery_claim("replicate", first.delivery_id)) <= 60
+    assert (
+        redis_client.get(keys.delivery_claim("replicate", first.delivery_id, first.job_id))
+        == "enqueued"
+    )
+    assert (
+        0
+        < redis_client.ttl(keys.delivery_claim("replicate", first.delivery_id, first.job_id))
+        <= 60
+    )
     assert redis_client.get(claim_key) == PENDING
 
 

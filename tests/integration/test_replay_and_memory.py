@@ -145,7 +145,7 @@ def test_a_delivery_id_is_remembered_for_73_hours_by_default(make_app):
 
     assert app.services.settings.dedup_ttl_seconds == DEFAULT_DEDUP_TTL
     assert DEFAULT_DEDUP_TTL > OPENAI_RETRY_HORIZON, "must outlast OpenAI's retries"
-    ttl = app.raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"]))
+    ttl = app.raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"], "job-1"))
     assert DEFAULT_DEDUP_TTL - 60 <= ttl <= DEFAULT_DEDUP_TTL, ttl
 
 
@@ -156,7 +156,7 @@ def test_the_claim_ttl_follows_delivery_dedup_ttl_seconds(make_app):
 
     assert app.client.post(URL, data=body, headers=headers).status_code == 202
 
-    ttl = app.raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"]))
+    ttl = app.raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"], "job-1"))
     assert 5000 - 60 <= ttl <= 5000, ttl
     assert app.services.settings.dedup_ttl_seconds == 5000
 
@@ -166,7 +166,7 @@ def test_a_duplicate_does_not_extend_how_long_the_id_is_remembered(make_app):
     app = make_app(DELIVERY_DEDUP_TTL_SECONDS="5000")
     body = prediction()
     headers = signed_headers(REPLICATE_SECRET, body)
-    key = keys.delivery_claim("replicate", headers["webhook-id"])
+    key = keys.delivery_claim("replicate", headers["webhook-id"], "job-1")
     assert app.client.post(URL, data=body, headers=headers).status_code == 202
     app.raw.expire(key, 100)  # as if most of the window had passed
 

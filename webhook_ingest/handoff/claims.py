@@ -56,7 +56,7 @@ OUTCOMES = {
 
 def claim_keys(delivery: Delivery) -> list[str]:
     return [
-        keys.delivery_claim(delivery.provider, delivery.delivery_id),
+        keys.delivery_claim(delivery.provider, delivery.delivery_id, delivery.job_id),
         keys.JOURNAL,
         keys.JOURNAL_MESSAGES,
     ]

@@ -34,8 +34,11 @@ class Delivery:
 
     @property
     def journal_member(self) -> str:
-        """The delivery's name in the journal: the same identity as its claim."""
-        return f"{self.provider}:{self.delivery_id}"
+        """The delivery's name in the journal: the same identity as its claim
+        (provider, the job of the URL it came to, delivery id; keys.delivery_claim)."""
+        if self.job_id is None:
+            return f"{self.provider}:{self.delivery_id}"
+        return f"{self.provider}/{self.job_id}/{self.delivery_id}"
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)

@@ -70,8 +70,24 @@ def jwks(provider: str) -> str:
     return f"webhook_ingest:jwks:{provider}"
 
 
-def delivery_claim(provider: str, delivery_id: str) -> str:
-    return f"webhook_ingest:delivery:{provider}:{delivery_id}"
+def delivery_claim(provider: str, delivery_id: str, job_id: str | None = None) -> str:
+    """A delivery's claim: per provider, per job of the URL it came to, per delivery id.
+
+    The job is part of it, so a captured delivery posted first to another job's
+    URL cannot make the real one a "duplicate" (it is a claim of its own, parked
+    or left waiting for a job that does not match). Provider names have neither
+    `:` nor `/` and job ids no `/` (web.receiver.JOB_ID), so the two forms never
+    meet: `{provider}:{delivery_id}` for project-level URLs (OpenAI), and
+    `{provider}/{job_id}/{delivery_id}` for per-job URLs.
+    """
+    if job_id is None:
+        return f"webhook_ingest:delivery:{provider}:{delivery_id}"
+    return f"webhook_ingest:delivery:{provider}/{job_id}/{delivery_id}"
+
+
+def delivery_claims(provider: str) -> str:
+    """A SCAN/KEYS pattern for every claim of one provider, of both forms."""
+    return f"webhook_ingest:delivery:{provider}[:/]*"
 
 
 DEAD_LETTERS = "webhook_ingest:dead_letters"  # zset dead letter id -> parked at (ms)
