@@ -171,15 +171,19 @@ def request(
     *,
     timeout: float = 1.0,
     source: str | None = None,
+    chunked: bool = False,
 ) -> tuple[int | str, float, bytes]:
     """(status or the error's name, seconds taken, body) of one request on a new
-    connection, from the address `source` if given."""
+    connection, from the address `source` if given, the body chunked if asked."""
     started = time.monotonic()
     conn = http.client.HTTPConnection(
         host, port, timeout=timeout, source_address=(source, 0) if source else None
     )
+    payload = body
+    if chunked and body is not None:
+        payload = (body[i : i + 16384] for i in range(0, len(body), 16384))
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        conn.request(method, path, body=payload, headers=headers or {}, encode_chunked=chunked)
         answer = conn.getresponse()
         return answer.status, time.monotonic() - started, answer.read()
     except (OSError, http.client.HTTPException) as exc:
@@ -192,10 +196,27 @@ def get(host: str, port: int, path: str, **kwargs) -> tuple[int | str, float, by
     return request(host, port, "GET", path, **kwargs)
 
 
-def deliver(port: int, job_id: str, **kwargs) -> tuple[int | str, float, bytes]:
+def delivery_body(job_id: str, size: int | None = None) -> bytes:
+    """A Replicate prediction as JSON, padded to exactly `size` bytes if given."""
+    document = {"id": f"pred-{job_id}", "status": "processing", "logs": ""}
+    body = json.dumps(document).encode()
+    if size is not None:
+        document["logs"] = "x" * (size - len(body))
+        body = json.dumps(document).encode()
+        assert len(body) == size
+    return body
+
+
+def deliver(
+    port: int,
+    job_id: str,
+    body: bytes | None = None,
+    extra_headers: dict[str, str] | None = None,
+    **kwargs,
+) -> tuple[int | str, float, bytes]:
     """A Replicate delivery signed with the `standardwebhooks` signer."""
-    body = json.dumps({"id": f"pred-{job_id}", "status": "processing"}).encode()
-    headers = signed_headers(REPLICATE_SECRET, body)
+    body = delivery_body(job_id) if body is None else body
+    headers = {**signed_headers(REPLICATE_SECRET, body), **(extra_headers or {})}
     return request(
         "127.0.0.1", port, "POST", f"/webhook/replicate/{job_id}", body, headers, **kwargs
     )
