@@ -50,9 +50,11 @@ threads = _int_env("WEB_THREADS", 1)
 # headers (gunicorn wraps each header read in a gevent timer), which is what
 # WEB_HEADER_TIMEOUT_SECONDS sets. The body gets its own deadline
 # (post_worker_init). gevent patches the standard library in each worker before
-# the app is imported (no preload): redis-py, kombu's publishing, the JWKS
-# fetch (requests) and prometheus_client's multiprocess files use only sockets,
-# locks and files it patches. gthread (WEB_THREADS > 1) and sync remain for a
+# the app is imported (no preload), so nothing holds an unpatched socket or
+# lock: redis-py, kombu's publishing (py-amqp for RabbitMQ), the JWKS fetch
+# (requests) and prometheus_client's multiprocess files (plain files, one per
+# process, as before) use only sockets, locks and files it patches; the master
+# imports none of them. gthread (WEB_THREADS > 1) and sync remain for a
 # receiver behind a proxy that reads whole requests first (the nginx recipe,
 # docs/operations.md); on their own they have neither deadline.
 worker_class = _choice_env(
