@@ -11,15 +11,26 @@ from gunicorn.glogging import Logger
 from webhook_ingest.observability import json_logs, multiprocess_dir
 
 
-def _int_env(name: str, default: int) -> int:
+def _int_env(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         # Fail at start with the variable's name, like the rest of the service.
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        top = "" if maximum is None else f" and at most {maximum}"
+        raise SystemExit(f"{name} must be at least {minimum}{top}, got {value}")
+    return value
+
+
+def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip() or default
+    if value not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 bind = f"0.0.0.0:{_int_env('PORT', 8000)}"
@@ -28,7 +39,34 @@ bind = f"0.0.0.0:{_int_env('PORT', 8000)}"
 # more processes than cores keep the receiver answering while some wait.
 workers = _int_env("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count())
 threads = _int_env("WEB_THREADS", 1)
-worker_class = "gthread" if threads > 1 else "sync"
+
+# Slow and idle clients. The receiver faces the internet, and anyone may open
+# connections and send nothing, or trickle a request a byte at a time
+# (slowloris). A sync worker reads its request itself with no deadline: 4 idle
+# connections held all 2 × CPUs workers until the 30 s worker kill, and /healthz
+# failed meanwhile. gevent's worker serves each connection in a greenlet, so a
+# connection that sends nothing costs a file descriptor, not a worker; and it
+# gives every connection `keepalive` seconds to deliver its request line and
+# headers (gunicorn wraps each header read in a gevent timer), which is what
+# WEB_HEADER_TIMEOUT_SECONDS sets. The body gets its own deadline
+# (post_worker_init). gevent patches the standard library in each worker before
+# the app is imported (no preload), so nothing holds an unpatched socket or
+# lock: redis-py, kombu's publishing (py-amqp for RabbitMQ), the JWKS fetch
+# (requests) and prometheus_client's multiprocess files (plain files, one per
+# process, as before) use only sockets, locks and files it patches; the master
+# imports none of them. gthread (WEB_THREADS > 1) and sync remain for a
+# receiver behind a proxy that reads whole requests first (the nginx recipe,
+# docs/operations.md); on their own they have neither deadline.
+worker_class = _choice_env(
+    "WEB_WORKER_CLASS", "gthread" if threads > 1 else "gevent", ("gevent", "gthread", "sync")
+)
+if threads > 1 and worker_class != "gthread":
+    raise SystemExit(f"WEB_THREADS is for WEB_WORKER_CLASS=gthread, not {worker_class}")
+# Connections one gevent (or gthread) worker holds at once, idle ones included;
+# past it the worker stops accepting until one closes.
+worker_connections = _int_env("WEB_WORKER_CONNECTIONS", 1000)
+_header_timeout = _int_env("WEB_HEADER_TIMEOUT_SECONDS", 5, maximum=60)
+_body_timeout = _int_env("WEB_BODY_TIMEOUT_SECONDS", 10, maximum=300)
 
 # Providers give up on a webhook after a few seconds and retry; a request that
 # is still running after 30 s is stuck, and its worker is better replaced.
@@ -36,8 +74,20 @@ timeout = 30
 # Shorter than the usual orchestrator grace period (30 s) so in-flight
 # deliveries finish and get their 2xx before the SIGKILL arrives.
 graceful_timeout = 20
-# Providers and proxies reuse connections for bursts of deliveries.
-keepalive = 5
+# Providers and proxies reuse connections for bursts of deliveries. In the gevent
+# worker this is also the header deadline (above): the time a connection has to
+# deliver a complete request line and headers, when it opens and after each answer.
+keepalive = _header_timeout
+
+
+def post_worker_init(worker):
+    # The body's deadline (webhook_ingest.web.body_deadline) needs gevent's timers;
+    # it wraps whatever app this configuration serves (bench/bare_app.py too).
+    if worker_class == "gevent":
+        from webhook_ingest.web.body_deadline import BodyDeadline
+
+        worker.wsgi = BodyDeadline(worker.wsgi, _body_timeout)
+
 
 # Webhook URLs and provider headers are short; anything near these limits is
 # abuse, and refusing it in the parser costs less than reading it.

@@ -314,7 +314,10 @@ class FreezableProxy:
             sock.close()
 
 
-@pytest.mark.system_env(WEB_CONCURRENCY="1", **JOURNAL_ENV)
+# One sync worker serves one request at a time: the requests behind the hung
+# publish wait in the listen queue, never claimed, which is the cut this test
+# makes. The default gevent worker would claim and journal them all concurrently.
+@pytest.mark.system_env(WEB_CONCURRENCY="1", WEB_WORKER_CLASS="sync", **JOURNAL_ENV)
 @pytest.mark.parametrize("broker", ["amqp"])
 def test_receiver_killed_between_claim_and_publish_loses_nothing(system, broker):
     """One gunicorn process whose broker connection goes through a relay that stops

@@ -30,6 +30,7 @@ def register_error_handlers(app: Flask) -> None:
             413: "body too large",
             404: "not found",
             405: "method not allowed",
+            408: "request body did not arrive in time",
         }
         response = error(exc.code or 500, messages.get(exc.code, exc.name.lower()))
         allowed = dict(exc.get_headers()).get("Allow")

@@ -12,7 +12,7 @@ import time
 
 import redis
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from webhook_ingest import strict_json
 from webhook_ingest.handoff.claims import Claim
@@ -58,6 +58,9 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
         body = read_body(services.settings.max_body_bytes)
     except RequestEntityTooLarge:
         _count(label, "too_large", job_id=job_id)
+        raise
+    except RequestTimeout:  # the body's deadline (webhook_ingest.web.body_deadline)
+        _count(label, "body_timeout", job_id=job_id)
         raise
     except BadRequest:
         _count(label, "malformed_body", job_id=job_id)
