@@ -3,6 +3,7 @@ worker's own metrics port, JSON log lines without secrets, Flower behind basic a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -171,11 +172,11 @@ def test_flower_refuses_an_open_address_without_basic_auth():
     )
 
 
-def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(service):
-    service.start_web()
-    service.start_worker()
+@contextlib.contextmanager
+def flower_for(service, user: str = "ops", password: str = "s3cret-pw"):
+    """Flower as the Procfile starts it, behind basic auth; yields its base URL."""
     port = free_port()
-    env = {**service.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pw", "FLOWER_PORT": str(port)}
+    env = {**service.env, "FLOWER_BASIC_AUTH": f"{user}:{password}", "FLOWER_PORT": str(port)}
     flower = subprocess.Popen(
         [sys.executable, "-m", "workers.flower"],
         cwd=ROOT,
@@ -194,6 +195,22 @@ def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(se
                 return False
 
         wait_for(up, timeout=30, message="Flower to answer")
+        yield base
+    finally:
+        os.killpg(flower.pid, signal.SIGTERM)
+        flower.wait(30)
+
+
+def flower_ingest_tasks(base: str) -> list[dict]:
+    tasks = requests.get(f"{base}/api/tasks", auth=("ops", "s3cret-pw"), timeout=2)
+    assert tasks.status_code == 200
+    return [t for t in tasks.json().values() if t.get("name") == "webhook_ingest.ingest"]
+
+
+def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(service):
+    service.start_web()
+    service.start_worker()
+    with flower_for(service) as base:
         assert (
             requests.get(f"{base}/api/tasks", auth=("ops", "wrong"), timeout=2).status_code == 401
         )
@@ -204,13 +221,54 @@ def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(se
         def ingest_tasks() -> list[dict]:
             # Flower switches the workers' events on within seconds; deliver until seen.
             deliver(service, job_id, {"id": "pred-fl", "status": "processing", "x": BODY_MARKER})
-            tasks = requests.get(f"{base}/api/tasks", auth=("ops", "s3cret-pw"), timeout=2)
-            assert tasks.status_code == 200
-            return [t for t in tasks.json().values() if t.get("name") == "webhook_ingest.ingest"]
+            return flower_ingest_tasks(base)
 
         seen = wait_for(ingest_tasks, timeout=45, interval=1, message="Flower to see a task")
         assert seen[0]["args"].startswith("<replicate delivery msg_")
         assert BODY_MARKER not in json.dumps(seen)
-    finally:
-        os.killpg(flower.pid, signal.SIGTERM)
-        flower.wait(30)
+
+
+def test_flower_shows_no_payload_for_any_attempt_of_a_retried_delivery(service):
+    # Issue 14, finding 6: Celery's task.retry publishes the retry with its default
+    # argsrepr, the repr of the whole message (body and headers): every attempt after
+    # the first showed the payload in Flower.
+    service.start_web()
+    service.start_worker()
+    header_marker = "agent-that-must-not-show-" + uuid.uuid4().hex
+    with flower_for(service) as base:
+        known = f"job-fl-{uuid.uuid4().hex[:6]}"
+        register(service, known, "pred-fl")
+
+        def events_on() -> list[dict]:
+            deliver(service, known, {"id": "pred-fl", "status": "processing"})
+            return flower_ingest_tasks(base)
+
+        wait_for(events_on, timeout=45, interval=1, message="Flower to see a task")
+
+        # A job nobody registered: retried until UNMATCHED_RETRY_SECONDS (4 s), then parked.
+        body = body_of({"id": "pred-nobody", "status": "succeeded", "output": BODY_MARKER})
+        headers = {**signed_headers(REPLICATE_SECRET, body), "User-Agent": header_marker}
+        answer = requests.post(
+            f"{service.url}/webhook/replicate/job-fl-unknown",
+            data=body,
+            headers=headers,
+            timeout=5,
+        )
+        assert answer.status_code == 202
+        label = f"<replicate delivery {headers['webhook-id']}>"
+        shown: list[dict] = []
+
+        def parked() -> bool:
+            # every state Flower shows on the way, not only the last one
+            mine = [t for t in flower_ingest_tasks(base) if headers["webhook-id"] in str(t)]
+            shown.extend(mine)
+            return any(t.get("retries", 0) >= 1 and t.get("state") == "SUCCESS" for t in mine)
+
+        wait_for(parked, timeout=60, interval=0.3, message="the retried delivery to be parked")
+
+    assert any(t["retries"] >= 1 for t in shown)
+    text = json.dumps(shown)
+    assert BODY_MARKER not in text
+    assert header_marker not in text
+    assert "webhook-timestamp" not in text  # the kept headers travel in the message only
+    assert {t["args"] for t in shown} == {label}
