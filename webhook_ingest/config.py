@@ -8,8 +8,10 @@ delivery. Per-provider credentials are read by `webhook_ingest.providers`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from marshmallow import (
     EXCLUDE,
@@ -185,3 +187,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             for name, messages in sorted(exc.normalized_messages().items())
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+# Query parameters that carry a credential (redis-py takes any connection keyword,
+# `password` included, from the query string).
+_SECRET_QUERY_NAME = re.compile(r"pass|secret|token|auth|key", re.I)
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password, and the value of any credential in its query, shown
+    as `***`: what a command may print or a log line may carry."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = "&".join(
+        f"{name}=***" if value and _SECRET_QUERY_NAME.search(name) else pair
+        for pair in parts.query.split("&")
+        for name, _, value in [pair.partition("=")]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -158,6 +158,32 @@ def read(service, name: str) -> str:
     return (service.logs / f"{name}.log").read_text(errors="replace")
 
 
+# -- the command line -----------------------------------------------------------------
+
+
+def test_check_config_prints_redis_and_broker_urls_without_their_passwords():
+    # Issue 14, finding 6: `webhook-ingest check-config` printed REDIS_URL as set.
+    password = "pw-" + uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://:{password}@127.0.0.1:6379/0",
+        "CELERY_BROKER_URL": f"amqp://ops:{password}@rabbit.internal:5672/jobs",
+    }
+
+    run = subprocess.run(
+        [str(BIN / "webhook-ingest"), "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert password not in run.stdout + run.stderr
+    assert "redis: redis://:***@127.0.0.1:6379/0" in run.stdout.splitlines()
+    assert "broker: amqp://ops:***@rabbit.internal:5672/jobs" in run.stdout.splitlines()
+
+
 # -- Flower -------------------------------------------------------------------------
 
 

@@ -129,3 +129,23 @@ def test_unrelated_variables_are_ignored():
     settings = load_settings({"HOME": "/root", "WEBHOOK_SECRET_OPENAI": "whsec_abc"})
 
     assert settings == load_settings({})
+
+
+# -- printing settings ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:hunter2-pw@cache:6379/3", "redis://:***@cache:6379/3"),
+        ("rediss://ops:hunter2-pw@cache:6380/0", "rediss://ops:***@cache:6380/0"),
+        ("redis://cache:6379/0?password=hunter2-pw&db=1", "redis://cache:6379/0?password=***&db=1"),
+        ("amqp://guest:hunter2-pw@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+        ("redis://:hunter2@pw@cache/0", "redis://:***@cache/0"),  # an unescaped @
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url, shown):
+    from webhook_ingest.config import redacted_url
+
+    assert redacted_url(url) == shown
