@@ -23,6 +23,8 @@ from marshmallow import (
     validates_schema,
 )
 
+from webhook_ingest import weak_tokens
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # The Redis broker redelivers an unacknowledged message after this long; retry
 # countdowns must stay below it or a waiting retry is redelivered as a duplicate.
@@ -90,6 +92,12 @@ def _rate_limit(value: str) -> None:
         raise ValidationError("expected a rate such as 100/second or 1000 per minute") from None
 
 
+def _strong_token(value: str) -> None:
+    problem = weak_tokens.weakness(value)
+    if problem:
+        raise ValidationError(problem)
+
+
 def _int(name: str, default: int, *validators: validate.Validator) -> fields.Integer:
     return fields.Integer(data_key=name, load_default=default, validate=list(validators) or None)
 
@@ -111,9 +119,9 @@ class SettingsSchema(Schema):
     rate_limit = fields.String(
         data_key="RATE_LIMIT", load_default="100/second", validate=_rate_limit
     )
-    admin_token = fields.String(
-        data_key="ADMIN_TOKEN", load_default=None, validate=validate.Length(min=16)
-    )
+    # Guards every operator endpoint: a sample copied from documentation or an
+    # obviously patterned string is refused, not only a short one.
+    admin_token = fields.String(data_key="ADMIN_TOKEN", load_default=None, validate=_strong_token)
     webhook_base_url = fields.String(
         data_key="WEBHOOK_BASE_URL", load_default=None, validate=_http_url
     )

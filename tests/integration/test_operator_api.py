@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN
 from tests.support import client_for
+from webhook_ingest.config import ConfigError
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import JobStateUpdate
 
@@ -104,6 +105,16 @@ def test_operator_endpoints_are_disabled_without_admin_token(redis_client, servi
     assert mapping_keys(redis_client) == []
     # health and readiness stay open
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("token", ["change-me-to-a-long-token", "x" * 32])
+def test_a_sample_or_low_entropy_admin_token_stops_the_receiver_at_start(services_with, token):
+    # Issue 14, finding 6: the README's sample opened /jobs and /dead-letters to
+    # anyone who had read the README.
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN") as refused:
+        services_with(ADMIN_TOKEN=token)
+
+    assert token not in str(refused.value)
 
 
 # -- registering a job ------------------------------------------------------------------

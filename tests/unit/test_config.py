@@ -6,6 +6,9 @@ depends on (or changes) the test process's environment.
 
 from __future__ import annotations
 
+import secrets
+import uuid
+
 import pytest
 
 from webhook_ingest.config import ConfigError, load_settings
@@ -149,3 +152,47 @@ def test_a_url_is_shown_without_its_password(url, shown):
     from webhook_ingest.config import redacted_url
 
     assert redacted_url(url) == shown
+
+
+# -- ADMIN_TOKEN ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "change-me-to-a-long-token",  # the README's own sample, once
+        "CHANGE-ME-TO-A-LONG-TOKEN",
+        "please-change-me-before-deploying",
+        "replace-me-with-a-real-admin-token",
+        "short-token",  # under 16 characters
+        "a" * 40,
+        "abababababababababab",
+        "passwordpassword",
+        "1234567890123456",  # 16 digits: 53 bits
+        "abcdefghijklmnopqrstuvwxyz",
+        "0123456789abcdef",
+    ],
+)
+def test_a_sample_or_low_entropy_admin_token_stops_the_process(token):
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN") as error:
+        load_settings({"ADMIN_TOKEN": token})
+
+    assert token not in str(error.value)
+    assert "openssl rand -hex 24" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: secrets.token_hex(24),  # openssl rand -hex 24, as the README says
+        lambda: secrets.token_hex(8),  # 16 hex characters: 64 bits
+        lambda: secrets.token_urlsafe(32),
+        lambda: "test-admin-token-" + uuid.uuid4().hex,  # tests/conftest.py
+        lambda: "bench-" + uuid.uuid4().hex,  # bench/run.py
+    ],
+    ids=["hex24", "hex8", "urlsafe32", "tests", "bench"],
+)
+def test_generated_admin_tokens_are_accepted(make):
+    for _ in range(50):
+        token = make()
+        assert load_settings({"ADMIN_TOKEN": token}).admin_token == token
