@@ -199,6 +199,11 @@ BAD_REGISTRATIONS = {
         {"job_id": "j" * 129, "provider": "replicate", "external_job_id": "p"},
         "job_id",
     ),
+    # issue 14, finding 8: this created job_mapping:job-nl\n
+    "job_id-trailing-newline": (
+        {"job_id": "job-nl\n", "provider": "replicate", "external_job_id": "p"},
+        "job_id",
+    ),
     "provider-missing": ({"job_id": "job-1", "external_job_id": "pred-1"}, "provider"),
     "provider-unknown": (
         {"job_id": "job-1", "provider": "nosuch", "external_job_id": "pred-1"},

@@ -425,6 +425,15 @@ REJECTIONS = [
     pytest.param(
         _case_signed(prediction(), "/webhook/replicate/j%C3%B6b"), 400, id="job-id-non-ascii"
     ),
+    # issue 14, finding 8: `$` also matched before a trailing newline (202)
+    pytest.param(
+        _case_signed(prediction(), "/webhook/replicate/job-1%0a"), 400, id="job-id-trailing-lf"
+    ),
+    pytest.param(
+        _case_signed(prediction(), "/webhook/replicate/job-1%0d%0a"),
+        400,
+        id="job-id-trailing-crlf",
+    ),
     # not a webhook method -> 405
     pytest.param(_case_get, 405, id="get"),
 ]

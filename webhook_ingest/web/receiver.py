@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("receiver", __name__)
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Matched with fullmatch: `$` would also match before a trailing newline.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 @blueprint.post("/webhook/<provider>")
@@ -52,7 +53,7 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
         return _refused(label, "not_found", 404, "not found", **logged)
     if not handler.allows(request.remote_addr):
         return _refused(label, "address_not_allowed", 403, "address not allowed", **logged)
-    if job_id is not None and not JOB_ID.match(job_id):
+    if job_id is not None and not JOB_ID.fullmatch(job_id):
         return _refused(label, "invalid_job_id", 400, "invalid job id", **logged)
 
     try:
