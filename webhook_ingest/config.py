@@ -7,6 +7,7 @@ delivery. Per-provider credentials are read by `webhook_ingest.providers`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -66,6 +67,7 @@ class Settings:
     consistency_check_window_seconds: int
     broker_visibility_timeout_seconds: int
     worker_metrics_port: int
+    worker_metrics_address: str
     dedup_ttl_seconds: int
     unmatched_retry_seconds: int
     dead_letter_ttl_seconds: int
@@ -96,6 +98,19 @@ def _strong_token(value: str) -> None:
     problem = weak_tokens.weakness(value)
     if problem:
         raise ValidationError(problem)
+
+
+def _listen_address(value: str) -> None:
+    """An address of this machine to listen on: an IP literal (0.0.0.0 or :: for
+    every interface) or localhost. Names that resolve elsewhere are not guessed at."""
+    if value == "localhost":
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValidationError(
+            "must be an IP address such as 127.0.0.1, 0.0.0.0 (every interface) or ::"
+        ) from None
 
 
 def _int(name: str, default: int, *validators: validate.Validator) -> fields.Integer:
@@ -146,6 +161,11 @@ class SettingsSchema(Schema):
     )
     # The Celery worker's own Prometheus port (workers.metrics_server); 0 serves none.
     worker_metrics_port = _int("WORKER_METRICS_PORT", 0, validate.Range(0, 65535))
+    # Loopback unless asked, like Flower: counts and job-free labels, but an open
+    # port is the operator's decision (0.0.0.0 for a Prometheus on another machine).
+    worker_metrics_address = fields.String(
+        data_key="WORKER_METRICS_ADDRESS", load_default="127.0.0.1", validate=_listen_address
+    )
     # OpenAI retries a delivery for up to 72 hours: remember ids a little longer.
     dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", 3 * 24 * 3600 + 3600, _positive)
     unmatched_retry_seconds = _int("UNMATCHED_RETRY_SECONDS", 300, _positive)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 
+import psutil
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -107,6 +108,35 @@ def test_the_worker_serves_its_own_metrics_summed_over_its_pool(service):
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     assert total(text, "webhook_receive_to_applied_seconds_count") == len(jobs)
     assert total(text, "webhook_state_updates_total") >= len(jobs)
+
+
+def listening_addresses(port: int) -> set[str]:
+    return {
+        conn.laddr.ip
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+    }
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")],  # noqa: S104 - asked for
+    ids=["loopback-by-default", "all-interfaces-when-asked"],
+)
+def test_the_worker_metrics_port_listens_on_loopback_unless_told_otherwise(
+    service, address, expected
+):
+    # Issue 14, finding 8: it listened on every interface, whatever the network.
+    if address is not None:
+        service.env["WORKER_METRICS_ADDRESS"] = address
+    port = int(service.env["WORKER_METRICS_PORT"])
+    service.start_worker()
+
+    seen = wait_for(
+        lambda: listening_addresses(port), timeout=30, message="the worker's metrics port"
+    )
+
+    assert seen == {expected}
 
 
 def test_every_process_logs_json_lines_with_ids_and_without_bodies_or_secrets(service):

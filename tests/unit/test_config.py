@@ -27,6 +27,7 @@ from webhook_ingest.config import ConfigError, load_settings
         ("orphan_poll_interval_seconds", 60),
         ("webhook_base_url", "http://localhost:8000"),
         ("admin_token", None),  # operator endpoints disabled
+        ("worker_metrics_address", "127.0.0.1"),  # like Flower: loopback unless asked
     ],
 )
 def test_defaults_match_the_contract(attribute, default):
@@ -61,6 +62,9 @@ def test_the_webhook_base_url_defaults_to_localhost_on_the_configured_port():
         ("ORPHAN_POLL_INTERVAL_SECONDS", "15", "orphan_poll_interval_seconds", 15),
         ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "120", "broker_visibility_timeout_seconds", 120),
         ("WEBHOOK_BASE_URL", "https://hooks.example.com", "webhook_base_url", None),
+        ("WORKER_METRICS_ADDRESS", "0.0.0.0", "worker_metrics_address", None),
+        ("WORKER_METRICS_ADDRESS", "::", "worker_metrics_address", None),
+        ("WORKER_METRICS_ADDRESS", "10.1.2.3", "worker_metrics_address", None),
     ],
 )
 def test_valid_values_are_used(variable, value, attribute, expected):
@@ -87,6 +91,8 @@ def test_valid_values_are_used(variable, value, attribute, expected):
         ("ORPHAN_AFTER_SECONDS", "0"),
         ("ORPHAN_POLL_INTERVAL_SECONDS", "often"),
         ("WEBHOOK_BASE_URL", "not a url"),
+        ("WORKER_METRICS_ADDRESS", "metrics.example.com"),
+        ("WORKER_METRICS_ADDRESS", "0.0.0.0:9808"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_the_variable(variable, value):
