@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import logging
 import os
+import re
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 
@@ -27,6 +31,7 @@ from standardwebhooks.webhooks import Webhook, hmac_data
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
 from tests.support import PrivateRedis, Subscriber, body_of, celery_for, signed_headers, wait_for
 from webhook_ingest.handoff import JournalThenPublishHandoff, SingleScriptHandoff, build_handoff
+from webhook_ingest.observability.json_logs import JsonFormatter
 from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 from webhook_ingest.web.app import create_app
@@ -442,6 +447,40 @@ REJECTIONS = [
 @pytest.mark.parametrize(("build", "status"), REJECTIONS)
 def test_rejected_delivery_answers_json_error_and_writes_nothing(isolated, build, status):
     assert_rejected_without_writes(isolated, lambda: build()(isolated.client), status)
+
+
+# C1 controls, line and paragraph separators, a bidi override: raw in a log line they
+# end it early for JavaScript readers and some collectors, or rearrange what is shown.
+UNSAFE_IN_LOGS = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def test_a_rejected_job_id_reaches_the_json_log_escaped_and_shortened(isolated, caplog):
+    # Issue 14, finding 8: raw U+2028 and C1 characters reached the JSON logs, and
+    # a rejected id was logged whole, however long.
+    caplog.set_level(logging.INFO, logger="webhook_ingest.web.receiver")
+    tricky = "job\u2028line\u2029para\x85nel\x9bcsi\u202eevil" + "j" * 3000
+    body = prediction()
+    headers = signed_headers(REPLICATE_SECRET, body)
+    before = isolated.snapshot()
+
+    response = isolated.client.post(
+        "/webhook/replicate/" + urllib.parse.quote(tricky), data=body, headers=headers
+    )
+
+    assert_error(response, 400, sent_body=body, sent_headers=headers)
+    assert isolated.snapshot() == before
+    lines = [
+        JsonFormatter().format(record)
+        for record in caplog.records
+        if record.name == "webhook_ingest.web.receiver"
+    ]
+    assert lines
+    assert not [line for line in lines if UNSAFE_IN_LOGS.search(line)], lines
+    entry = json.loads(lines[-1])
+    assert entry["outcome"] == "invalid_job_id"
+    # the characters are kept, escaped as JSON; the id cut to a readable length
+    assert entry["job_id"].startswith("job\u2028line\u2029para\x85nel\x9bcsi\u202eevil")
+    assert len(entry["job_id"]) <= 80
 
 
 def test_job_id_with_encoded_slash_is_rejected_and_writes_nothing(isolated):

@@ -43,7 +43,7 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     handler = services.providers.get(provider)
     # URL text is not a label: an unknown name would make a new series per request.
     label = provider if handler is not None else "unknown"
-    logged = {"job_id": job_id if _segment_is_a_job_id(handler, token) else None}
+    logged = {"job_id": _shown(job_id) if _segment_is_a_job_id(handler, token) else None}
     if handler is None:
         return _refused(label, "unknown_provider", 404, "unknown provider", **logged)
     if handler.verifier is None:
@@ -148,6 +148,17 @@ def _segment_is_a_job_id(handler, token: str | None) -> bool:
     if token is not None:
         return True
     return handler is not None and handler.verifier is not None and not handler.takes_url_token
+
+
+# Enough of a rejected id to recognise it; the URL may carry kilobytes of it.
+MAX_LOGGED_REJECTED_ID = 64
+
+
+def _shown(job_id: str | None) -> str | None:
+    """The job id as logged: whole when it is one, else its start, marked as cut."""
+    if job_id is None or JOB_ID.fullmatch(job_id) or len(job_id) <= MAX_LOGGED_REJECTED_ID:
+        return job_id
+    return job_id[:MAX_LOGGED_REJECTED_ID] + "…"
 
 
 def _count(provider: str, outcome: str, reason: str | None = None, **ids: str | None) -> None:
