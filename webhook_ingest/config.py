@@ -27,6 +27,9 @@ from marshmallow import (
 from webhook_ingest import weak_tokens
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_TOLERANCE_SECONDS = 300
+# OpenAI retries a delivery for up to 72 hours: remember ids a little longer.
+DEFAULT_DEDUP_TTL_SECONDS = 3 * 24 * 3600 + 3600
 # The Redis broker redelivers an unacknowledged message after this long; retry
 # countdowns must stay below it or a waiting retry is redelivered as a duplicate.
 MAX_VISIBILITY_TIMEOUT_SECONDS = 120
@@ -128,7 +131,7 @@ class SettingsSchema(Schema):
     broker_url = fields.String(
         data_key="CELERY_BROKER_URL", load_default=None, validate=_broker_scheme
     )
-    tolerance_seconds = _int("WEBHOOK_TOLERANCE_SECONDS", 300, _positive)
+    tolerance_seconds = _int("WEBHOOK_TOLERANCE_SECONDS", DEFAULT_TOLERANCE_SECONDS, _positive)
     trusted_proxy_count = _int("TRUSTED_PROXY_COUNT", 0, validate.Range(0, 10))
     max_body_bytes = _int("MAX_BODY_BYTES", 1_048_576, _positive)
     rate_limit = fields.String(
@@ -166,8 +169,8 @@ class SettingsSchema(Schema):
     worker_metrics_address = fields.String(
         data_key="WORKER_METRICS_ADDRESS", load_default="127.0.0.1", validate=_listen_address
     )
-    # OpenAI retries a delivery for up to 72 hours: remember ids a little longer.
-    dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", 3 * 24 * 3600 + 3600, _positive)
+    # At least twice the tolerance (checked below).
+    dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", DEFAULT_DEDUP_TTL_SECONDS, _positive)
     unmatched_retry_seconds = _int("UNMATCHED_RETRY_SECONDS", 300, _positive)
     dead_letter_ttl_seconds = _int("DEAD_LETTER_TTL_SECONDS", 14 * 24 * 3600, _positive)
     # A debug window of every verified delivery as received; 0 keeps none (the default).
@@ -191,6 +194,22 @@ class SettingsSchema(Schema):
                 "(the visibility timeout, the longest retry countdown and the task time limit): "
                 "a delivery the broker still holds would be redriven as a duplicate",
                 field_name="JOURNAL_REDRIVE_AFTER_SECONDS",
+            )
+
+    @validates_schema
+    def _ids_outlive_the_replay_window(self, data: dict, **_: object) -> None:
+        """A signed timestamp passes for the tolerance on either side of now, so a
+        delivery first received at the start of that window can be replayed for
+        twice the tolerance; its id must be remembered at least that long, or a
+        replay after the id is forgotten is accepted again."""
+        tolerance = data.get("tolerance_seconds", DEFAULT_TOLERANCE_SECONDS)
+        dedup_ttl = data.get("dedup_ttl_seconds", DEFAULT_DEDUP_TTL_SECONDS)
+        if dedup_ttl < 2 * tolerance:
+            raise ValidationError(
+                f"must be at least {2 * tolerance} (twice WEBHOOK_TOLERANCE_SECONDS={tolerance}):"
+                " a delivery id forgotten while its signed timestamp still passes lets a "
+                "captured delivery be replayed",
+                field_name="DELIVERY_DEDUP_TTL_SECONDS",
             )
 
     @post_load

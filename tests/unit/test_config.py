@@ -92,6 +92,7 @@ def test_valid_values_are_used(variable, value, attribute, expected):
         ("ORPHAN_POLL_INTERVAL_SECONDS", "often"),
         ("WEBHOOK_BASE_URL", "not a url"),
         ("WORKER_METRICS_ADDRESS", "metrics.example.com"),
+        ("DELIVERY_DEDUP_TTL_SECONDS", "599"),  # under twice the default tolerance
         ("WORKER_METRICS_ADDRESS", "0.0.0.0:9808"),
     ],
 )
