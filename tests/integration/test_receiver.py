@@ -412,6 +412,30 @@ REJECTIONS = [
     pytest.param(_case_signed("null"), 400, id="json-null"),
     # JSON has no NaN; Python's parser would take it and JSON.parse downstream would not
     pytest.param(_case_signed('{"id": "pred-x", "score": NaN}'), 400, id="json-nan"),
+    # issue 14, finding 8: these parsed (to inf, to a string Redis cannot store) and
+    # became `error` dead letters with a traceback in the worker
+    pytest.param(
+        _case_signed('{"id": "pred-x", "status": "succeeded", "output": 1e999}'),
+        400,
+        id="json-1e999",
+    ),
+    pytest.param(_case_signed('{"id": "pred-x", "score": [-1E+400]}'), 400, id="json-minus-1e400"),
+    # an integer no double can hold: JSON.parse downstream reads Infinity
+    pytest.param(
+        _case_signed('{"id": "pred-x", "n": 1' + "0" * 400 + "}"),
+        400,
+        id="json-integer-beyond-doubles",
+    ),
+    pytest.param(
+        _case_signed('{"id": "pred-x", "status": "succeeded", "output": "\\ud800"}'),
+        400,
+        id="json-lone-high-surrogate",
+    ),
+    pytest.param(
+        _case_signed('{"id": "pred-x", "\\udfff": {"a": ["x\\udc00y"]}}'),
+        400,
+        id="json-lone-low-surrogates",
+    ),
     pytest.param(_case_signed("42"), 400, id="json-number"),
     pytest.param(
         _case_signed(b'{"id": "pred-x", "status": "\xff\xfe starting"}'), 400, id="invalid-utf8"

@@ -92,6 +92,10 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     try:
         text = body.decode("utf-8")
         payload = strict_json.loads(text)
+    except strict_json.NotStrictJSON as exc:
+        # Python would take it, the worker could not store or broadcast it: refused
+        # here rather than parked as an error later. The message names the rule only.
+        return _refused(label, "invalid_json", 400, f"body is not JSON: {exc}", **ids)
     except ValueError:
         return _refused(label, "invalid_json", 400, "body is not JSON", **ids)
     if not isinstance(payload, dict):
