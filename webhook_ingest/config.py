@@ -80,7 +80,20 @@ class Settings:
     journal_redrive_budget: int
 
 
-_redis_scheme = validate.Regexp(r"^(redis|rediss|unix)://", error="must be a redis:// URL")
+def _redis_scheme(value: str) -> None:
+    # unix:// is refused rather than half supported: redis-py reads it, but the same
+    # URL is the default broker (kombu's Redis transport wants redis+socket://),
+    # Flask-Limiter's storage (redis+unix://) and RedBeat's, and the one-script
+    # hand-off compares servers by host and port.
+    if value.startswith("unix:"):
+        raise ValidationError(
+            "unix sockets (unix://) are not supported: the broker, rate limits and beat "
+            "reach Redis over TCP; use redis://host:port/db or rediss://"
+        )
+    if not value.startswith(("redis://", "rediss://")):
+        raise ValidationError("must be a redis:// or rediss:// URL")
+
+
 _broker_scheme = validate.Regexp(
     r"^(redis|rediss|amqp|amqps|pyamqp)://", error="must be a redis:// or amqp:// URL"
 )

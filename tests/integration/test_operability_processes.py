@@ -214,6 +214,24 @@ def test_check_config_prints_redis_and_broker_urls_without_their_passwords():
     assert "broker: amqp://ops:***@rabbit.internal:5672/jobs" in run.stdout.splitlines()
 
 
+@pytest.mark.parametrize("url", ["unix:///var/run/redis/redis.sock", "unix:///tmp/redis.sock?db=2"])
+def test_check_config_refuses_a_unix_socket_redis_url_naming_the_variable(url):
+    # Issue 14, finding 8: unix:// passed validation, then the broker, the rate
+    # limiter and beat (which read the URL as a TCP server's) failed at run time.
+    run = subprocess.run(
+        [str(BIN / "webhook-ingest"), "check-config"],
+        env={**os.environ, "REDIS_URL": url, "CELERY_BROKER_URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode != 0
+    assert "REDIS_URL" in run.stderr
+    assert "unix" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 # -- Flower -------------------------------------------------------------------------
 
 

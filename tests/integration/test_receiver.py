@@ -30,6 +30,7 @@ from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
 from tests.support import PrivateRedis, Subscriber, body_of, celery_for, signed_headers, wait_for
+from webhook_ingest.config import ConfigError
 from webhook_ingest.handoff import JournalThenPublishHandoff, SingleScriptHandoff, build_handoff
 from webhook_ingest.observability.json_logs import JsonFormatter
 from webhook_ingest.services import build_services
@@ -518,6 +519,14 @@ def test_job_id_with_encoded_slash_is_rejected_and_writes_nothing(isolated):
     assert response.status_code in (400, 404)
     assert_error(response, response.status_code, sent_body=body, sent_headers=headers)
     assert isolated.snapshot() == before
+
+
+def test_a_unix_socket_redis_url_stops_the_receiver_at_start(private_redis):
+    """Issue 14, finding 8: it passed validation, then failed at run time."""
+    environ = dict(os.environ, REDIS_URL="unix:///var/run/redis/redis.sock", CELERY_BROKER_URL="")
+
+    with pytest.raises(ConfigError, match="REDIS_URL: unix sockets"):
+        build_app(environ, private_redis.url)
 
 
 def test_unconfigured_provider_is_404_and_writes_nothing(isolated, private_redis):

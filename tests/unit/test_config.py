@@ -81,6 +81,7 @@ def test_valid_values_are_used(variable, value, attribute, expected):
         ("PORT", "70000"),
         ("REDIS_URL", "http://x"),
         ("REDIS_URL", "localhost:6379"),
+        ("REDIS_URL", "unix:///var/run/redis.sock"),  # not supported by every part
         ("CELERY_BROKER_URL", "ftp://x"),
         ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "600"),
         ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "ninety"),
