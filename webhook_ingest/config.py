@@ -52,6 +52,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     port: int
+    bind_address: str
     redis_url: str
     broker_url: str
     tolerance_seconds: int
@@ -78,6 +79,12 @@ class Settings:
     journal_redrive_after_seconds: int
     journal_redrive_interval_seconds: int
     journal_redrive_budget: int
+
+    @property
+    def bind(self) -> str:
+        """gunicorn's `bind`: host:port, an IPv6 address in brackets."""
+        host = f"[{self.bind_address}]" if ":" in self.bind_address else self.bind_address
+        return f"{host}:{self.port}"
 
 
 def _redis_scheme(value: str) -> None:
@@ -138,6 +145,14 @@ class SettingsSchema(Schema):
         unknown = EXCLUDE
 
     port = _int("PORT", 8000, validate.Range(1, 65535))
+    # Every interface: a receiver is reached through a load balancer or proxy on
+    # another host (or a container's published port), never over loopback. Set an
+    # interface's address to keep it off other networks (`make run` uses 127.0.0.1).
+    bind_address = fields.String(
+        data_key="BIND_ADDRESS",
+        load_default="0.0.0.0",  # noqa: S104 - see above
+        validate=_listen_address,
+    )
     redis_url = fields.String(
         data_key="REDIS_URL", load_default=DEFAULT_REDIS_URL, validate=_redis_scheme
     )

@@ -127,6 +127,7 @@ def test_the_worker_metrics_port_listens_on_loopback_unless_told_otherwise(
     service, address, expected
 ):
     # Issue 14, finding 8: it listened on every interface, whatever the network.
+    service.env.pop("WORKER_METRICS_ADDRESS", None)
     if address is not None:
         service.env["WORKER_METRICS_ADDRESS"] = address
     port = int(service.env["WORKER_METRICS_PORT"])
@@ -137,6 +138,35 @@ def test_the_worker_metrics_port_listens_on_loopback_unless_told_otherwise(
     )
 
     assert seen == {expected}
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [(None, "0.0.0.0"), ("127.0.0.1", "127.0.0.1")],  # noqa: S104 - the documented default
+    ids=["every-interface-by-default", "loopback-when-asked"],
+)
+def test_the_receiver_listens_on_bind_address(service, address, expected):
+    # Issue 14, finding 8: gunicorn.conf.py bound 0.0.0.0 whatever the operator wanted.
+    service.env.pop("BIND_ADDRESS", None)  # the service's default, not make run's
+    if address is not None:
+        service.env["BIND_ADDRESS"] = address
+
+    service.start_web()
+
+    assert listening_addresses(service.port) == {expected}
+
+
+def test_the_receiver_refuses_a_bad_bind_address_at_start(service):
+    service.env["BIND_ADDRESS"] = "receiver.example.com"
+
+    service.web = service._spawn(  # stopped by the fixture if it does start
+        "web", str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "webhook_ingest.wsgi:app"
+    )
+
+    assert service.web.wait(30) != 0
+    log = read(service, "web")
+    assert "BIND_ADDRESS" in log
+    assert "Traceback" not in log
 
 
 def test_every_process_logs_json_lines_with_ids_and_without_bodies_or_secrets(service):

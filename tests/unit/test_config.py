@@ -28,6 +28,7 @@ from webhook_ingest.config import ConfigError, load_settings
         ("webhook_base_url", "http://localhost:8000"),
         ("admin_token", None),  # operator endpoints disabled
         ("worker_metrics_address", "127.0.0.1"),  # like Flower: loopback unless asked
+        ("bind_address", "0.0.0.0"),  # behind a load balancer on another host
     ],
 )
 def test_defaults_match_the_contract(attribute, default):
@@ -95,6 +96,8 @@ def test_valid_values_are_used(variable, value, attribute, expected):
         ("WORKER_METRICS_ADDRESS", "metrics.example.com"),
         ("DELIVERY_DEDUP_TTL_SECONDS", "599"),  # under twice the default tolerance
         ("WORKER_METRICS_ADDRESS", "0.0.0.0:9808"),
+        ("BIND_ADDRESS", "receiver.example.com"),
+        ("BIND_ADDRESS", "[::]"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_the_variable(variable, value):
@@ -204,3 +207,17 @@ def test_generated_admin_tokens_are_accepted(make):
     for _ in range(50):
         token = make()
         assert load_settings({"ADMIN_TOKEN": token}).admin_token == token
+
+
+@pytest.mark.parametrize(
+    ("environ", "bind"),
+    [
+        ({}, "0.0.0.0:8000"),
+        ({"BIND_ADDRESS": "127.0.0.1", "PORT": "9000"}, "127.0.0.1:9000"),
+        ({"BIND_ADDRESS": "::"}, "[::]:8000"),
+        ({"BIND_ADDRESS": "::1", "PORT": "8443"}, "[::1]:8443"),
+        ({"BIND_ADDRESS": "localhost"}, "localhost:8000"),
+    ],
+)
+def test_the_receiver_binds_bind_address_and_port(environ, bind):
+    assert load_settings(environ).bind == bind
