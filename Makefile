@@ -28,10 +28,13 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[test]'
 	touch $@
 
+# On one machine the receiver listens on loopback unless told otherwise
+# (`make run BIND_ADDRESS=0.0.0.0`); the service's own default is every interface.
 run: install
 	scripts/ensure-redis.sh
 	$(VENV)/bin/webhook-ingest check-config
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+	BIND_ADDRESS="$${BIND_ADDRESS:-127.0.0.1}" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+		$(VENV)/bin/honcho start -f Procfile
 
 test: install
 	REDIS_URL='$(TEST_REDIS_URL)' scripts/ensure-redis.sh --with-binary

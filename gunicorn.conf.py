@@ -8,6 +8,7 @@ import os
 
 from gunicorn.glogging import Logger
 
+from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.observability import json_logs, multiprocess_dir
 
 
@@ -33,7 +34,13 @@ def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-bind = f"0.0.0.0:{_int_env('PORT', 8000)}"
+# PORT and BIND_ADDRESS as the service validates them: a bad value (of any of
+# its variables) stops gunicorn here, naming it, before any worker boots.
+try:
+    service_settings = load_settings()
+except ConfigError as exc:
+    raise SystemExit(str(exc)) from None
+bind = service_settings.bind
 
 # Requests spend their time waiting on Redis and the broker, not the CPU, so
 # more processes than cores keep the receiver answering while some wait.

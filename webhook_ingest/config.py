@@ -7,9 +7,12 @@ delivery. Per-provider credentials are read by `webhook_ingest.providers`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from marshmallow import (
     EXCLUDE,
@@ -21,7 +24,12 @@ from marshmallow import (
     validates_schema,
 )
 
+from webhook_ingest import weak_tokens
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_TOLERANCE_SECONDS = 300
+# OpenAI retries a delivery for up to 72 hours: remember ids a little longer.
+DEFAULT_DEDUP_TTL_SECONDS = 3 * 24 * 3600 + 3600
 # The Redis broker redelivers an unacknowledged message after this long; retry
 # countdowns must stay below it or a waiting retry is redelivered as a duplicate.
 MAX_VISIBILITY_TIMEOUT_SECONDS = 120
@@ -44,6 +52,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     port: int
+    bind_address: str
     redis_url: str
     broker_url: str
     tolerance_seconds: int
@@ -62,6 +71,7 @@ class Settings:
     consistency_check_window_seconds: int
     broker_visibility_timeout_seconds: int
     worker_metrics_port: int
+    worker_metrics_address: str
     dedup_ttl_seconds: int
     unmatched_retry_seconds: int
     dead_letter_ttl_seconds: int
@@ -70,8 +80,27 @@ class Settings:
     journal_redrive_interval_seconds: int
     journal_redrive_budget: int
 
+    @property
+    def bind(self) -> str:
+        """gunicorn's `bind`: host:port, an IPv6 address in brackets."""
+        host = f"[{self.bind_address}]" if ":" in self.bind_address else self.bind_address
+        return f"{host}:{self.port}"
 
-_redis_scheme = validate.Regexp(r"^(redis|rediss|unix)://", error="must be a redis:// URL")
+
+def _redis_scheme(value: str) -> None:
+    # unix:// is refused rather than half supported: redis-py reads it, but the same
+    # URL is the default broker (kombu's Redis transport wants redis+socket://),
+    # Flask-Limiter's storage (redis+unix://) and RedBeat's, and the one-script
+    # hand-off compares servers by host and port.
+    if value.startswith("unix:"):
+        raise ValidationError(
+            "unix sockets (unix://) are not supported: the broker, rate limits and beat "
+            "reach Redis over TCP; use redis://host:port/db or rediss://"
+        )
+    if not value.startswith(("redis://", "rediss://")):
+        raise ValidationError("must be a redis:// or rediss:// URL")
+
+
 _broker_scheme = validate.Regexp(
     r"^(redis|rediss|amqp|amqps|pyamqp)://", error="must be a redis:// or amqp:// URL"
 )
@@ -88,6 +117,25 @@ def _rate_limit(value: str) -> None:
         raise ValidationError("expected a rate such as 100/second or 1000 per minute") from None
 
 
+def _strong_token(value: str) -> None:
+    problem = weak_tokens.weakness(value)
+    if problem:
+        raise ValidationError(problem)
+
+
+def _listen_address(value: str) -> None:
+    """An address of this machine to listen on: an IP literal (0.0.0.0 or :: for
+    every interface) or localhost. Names that resolve elsewhere are not guessed at."""
+    if value == "localhost":
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValidationError(
+            "must be an IP address such as 127.0.0.1, 0.0.0.0 (every interface) or ::"
+        ) from None
+
+
 def _int(name: str, default: int, *validators: validate.Validator) -> fields.Integer:
     return fields.Integer(data_key=name, load_default=default, validate=list(validators) or None)
 
@@ -97,21 +145,29 @@ class SettingsSchema(Schema):
         unknown = EXCLUDE
 
     port = _int("PORT", 8000, validate.Range(1, 65535))
+    # Every interface: a receiver is reached through a load balancer or proxy on
+    # another host (or a container's published port), never over loopback. Set an
+    # interface's address to keep it off other networks (`make run` uses 127.0.0.1).
+    bind_address = fields.String(
+        data_key="BIND_ADDRESS",
+        load_default="0.0.0.0",  # noqa: S104 - see above
+        validate=_listen_address,
+    )
     redis_url = fields.String(
         data_key="REDIS_URL", load_default=DEFAULT_REDIS_URL, validate=_redis_scheme
     )
     broker_url = fields.String(
         data_key="CELERY_BROKER_URL", load_default=None, validate=_broker_scheme
     )
-    tolerance_seconds = _int("WEBHOOK_TOLERANCE_SECONDS", 300, _positive)
+    tolerance_seconds = _int("WEBHOOK_TOLERANCE_SECONDS", DEFAULT_TOLERANCE_SECONDS, _positive)
     trusted_proxy_count = _int("TRUSTED_PROXY_COUNT", 0, validate.Range(0, 10))
     max_body_bytes = _int("MAX_BODY_BYTES", 1_048_576, _positive)
     rate_limit = fields.String(
         data_key="RATE_LIMIT", load_default="100/second", validate=_rate_limit
     )
-    admin_token = fields.String(
-        data_key="ADMIN_TOKEN", load_default=None, validate=validate.Length(min=16)
-    )
+    # Guards every operator endpoint: a sample copied from documentation or an
+    # obviously patterned string is refused, not only a short one.
+    admin_token = fields.String(data_key="ADMIN_TOKEN", load_default=None, validate=_strong_token)
     webhook_base_url = fields.String(
         data_key="WEBHOOK_BASE_URL", load_default=None, validate=_http_url
     )
@@ -136,8 +192,13 @@ class SettingsSchema(Schema):
     )
     # The Celery worker's own Prometheus port (workers.metrics_server); 0 serves none.
     worker_metrics_port = _int("WORKER_METRICS_PORT", 0, validate.Range(0, 65535))
-    # OpenAI retries a delivery for up to 72 hours: remember ids a little longer.
-    dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", 3 * 24 * 3600 + 3600, _positive)
+    # Loopback unless asked, like Flower: counts and job-free labels, but an open
+    # port is the operator's decision (0.0.0.0 for a Prometheus on another machine).
+    worker_metrics_address = fields.String(
+        data_key="WORKER_METRICS_ADDRESS", load_default="127.0.0.1", validate=_listen_address
+    )
+    # At least twice the tolerance (checked below).
+    dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", DEFAULT_DEDUP_TTL_SECONDS, _positive)
     unmatched_retry_seconds = _int("UNMATCHED_RETRY_SECONDS", 300, _positive)
     dead_letter_ttl_seconds = _int("DEAD_LETTER_TTL_SECONDS", 14 * 24 * 3600, _positive)
     # A debug window of every verified delivery as received; 0 keeps none (the default).
@@ -163,6 +224,22 @@ class SettingsSchema(Schema):
                 field_name="JOURNAL_REDRIVE_AFTER_SECONDS",
             )
 
+    @validates_schema
+    def _ids_outlive_the_replay_window(self, data: dict, **_: object) -> None:
+        """A signed timestamp passes for the tolerance on either side of now, so a
+        delivery first received at the start of that window can be replayed for
+        twice the tolerance; its id must be remembered at least that long, or a
+        replay after the id is forgotten is accepted again."""
+        tolerance = data.get("tolerance_seconds", DEFAULT_TOLERANCE_SECONDS)
+        dedup_ttl = data.get("dedup_ttl_seconds", DEFAULT_DEDUP_TTL_SECONDS)
+        if dedup_ttl < 2 * tolerance:
+            raise ValidationError(
+                f"must be at least {2 * tolerance} (twice WEBHOOK_TOLERANCE_SECONDS={tolerance}):"
+                " a delivery id forgotten while its signed timestamp still passes lets a "
+                "captured delivery be replayed",
+                field_name="DELIVERY_DEDUP_TTL_SECONDS",
+            )
+
     @post_load
     def _derive(self, data: dict, **_: object) -> Settings:
         data["broker_url"] = data["broker_url"] or data["redis_url"]
@@ -185,3 +262,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             for name, messages in sorted(exc.normalized_messages().items())
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+# Query parameters that carry a credential (redis-py takes any connection keyword,
+# `password` included, from the query string).
+_SECRET_QUERY_NAME = re.compile(r"pass|secret|token|auth|key", re.I)
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password, and the value of any credential in its query, shown
+    as `***`: what a command may print or a log line may carry."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = "&".join(
+        f"{name}=***" if value and _SECRET_QUERY_NAME.search(name) else pair
+        for pair in parts.query.split("&")
+        for name, _, value in [pair.partition("=")]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -1,4 +1,5 @@
-"""The worker's own Prometheus endpoint, on WORKER_METRICS_PORT (off when 0).
+"""The worker's own Prometheus endpoint, on WORKER_METRICS_PORT (off when 0) at
+WORKER_METRICS_ADDRESS (loopback unless set).
 
 Workers usually run on other machines than the receiver, so they are scraped
 on their own port rather than through the receiver's /metrics. A prefork
@@ -22,13 +23,10 @@ log = logging.getLogger(__name__)
 _state: dict[str, object] = {}
 
 
-def _port() -> int:
-    return load_settings().worker_metrics_port
-
-
 @worker_ready.connect
 def _serve(**_: object) -> None:
-    port = _port()
+    settings = load_settings()
+    port, address = settings.worker_metrics_port, settings.worker_metrics_address
     if not port:
         return
     if not os.environ.get(multiprocess_dir.ENV):
@@ -43,13 +41,14 @@ def _serve(**_: object) -> None:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     try:
-        server, _thread = start_http_server(port, registry=registry)
+        # prometheus_client listens on every interface unless given an address
+        server, _thread = start_http_server(port, addr=address, registry=registry)
     except OSError as exc:
         # Metrics are for operators; a taken port must not stop deliveries being applied.
-        log.error("worker metrics not served on port %d: %s", port, exc)
+        log.error("worker metrics not served on %s port %d: %s", address, port, exc)
         return
     _state["server"] = server
-    log.info("worker metrics on port %d", port)
+    log.info("worker metrics on %s port %d", address, port)
 
 
 @worker_process_shutdown.connect

@@ -18,7 +18,7 @@ from celeryconfig import (
     REDRIVE_JOURNAL_TASK,
 )
 from webhook_ingest.handoff.delivery import Delivery
-from webhook_ingest.handoff.publish import EnqueueFailed, enqueue
+from webhook_ingest.handoff.publish import EnqueueFailed, argsrepr, enqueue
 from webhook_ingest.ingest import IngestOutcome, ingest
 from webhook_ingest.observability.metrics import (
     DEAD_LETTERED,
@@ -135,7 +135,11 @@ def _retry(task, svc: Services, delivery: Delivery, countdown: float) -> NoRetur
         except redis.RedisError:
             pass
     try:
-        raise task.retry(countdown=countdown) from None
+        # task.retry publishes a new message whose argsrepr (what Flower and task
+        # events show) defaults to the repr of the whole delivery, body and headers:
+        # every attempt shows the same short form the receiver gave the first one.
+        shown = {"argsrepr": argsrepr(delivery), "kwargsrepr": "{}"}
+        raise task.retry(countdown=countdown, **shown) from None
     except Reject as rejected:
         raise Reject(rejected.reason, requeue=True) from None
 

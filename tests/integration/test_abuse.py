@@ -35,7 +35,7 @@ import redis
 from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
-from tests.support import free_port, logged_text, wait_for
+from tests.support import free_port, logged_text, signed_headers, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -708,6 +708,97 @@ def authentic_request(provider: str = "replicate", path_suffix: str = "", **kwar
     path, headers = authentic(provider, body)
     headers["Content-Type"] = "application/json"
     return http_request("POST", path + path_suffix, headers, body, **kwargs)
+
+
+# -- Standard Webhooks headers as servers pass them on (issue 14, finding 8) ----------------
+
+OTHER_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def signed_request(body: str, msg_id: bytes, timestamp: str, *signatures: str) -> bytes:
+    """A Replicate delivery with `msg_id` sent as raw bytes and one
+    `webhook-signature` header line per signature."""
+    headers = {
+        "webhook-timestamp": timestamp,
+        "Authorization": f"Bearer {BEARER}",
+        "Content-Type": "application/json",
+    }
+    lines = [b"webhook-id: " + msg_id]
+    lines += [b"webhook-signature: " + signature.encode() for signature in signatures]
+    return http_request(
+        "POST", "/webhook/replicate/job-abc", headers, body.encode(), extra_lines=lines
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "secrets_in_order",
+    [(REPLICATE_SECRET, OTHER_SECRET), (OTHER_SECRET, REPLICATE_SECRET)],
+    ids=["matching-first", "matching-second"],
+)
+def test_two_signature_header_lines_are_each_tried_through_gunicorn(gunicorn, secrets_in_order):
+    """A sender (or a proxy) may send two `webhook-signature` lines during a rotation;
+    gunicorn joins them with a comma, as RFC 9110 allows. Each `v1,<sig>` counts."""
+    server, store = gunicorn
+    queued = store.llen(QUEUE)
+    body = valid_body("replicate").decode()
+    msg_id, moment = f"msg_{uuid.uuid4().hex}", time.time()
+    signed = [signed_headers(s, body, msg_id=msg_id, timestamp=moment) for s in secrets_in_order]
+    signatures = [headers["webhook-signature"] for headers in signed]
+    timestamp = signed[0]["webhook-timestamp"]
+
+    status, answer = exchange(
+        server.port, signed_request(body, msg_id.encode(), timestamp, *signatures)
+    )
+
+    assert status == 202, answer[-300:]
+    assert store.llen(QUEUE) == queued + 1
+
+
+@pytest.mark.e2e
+def test_two_signature_header_lines_that_both_fail_are_still_401(gunicorn):
+    server, store = gunicorn
+    queued = store.llen(QUEUE)
+    body = valid_body("replicate").decode()
+    msg_id, moment = f"msg_{uuid.uuid4().hex}", time.time()
+    wrong = signed_headers(OTHER_SECRET, body, msg_id=msg_id, timestamp=moment)
+
+    status, _ = exchange(
+        server.port,
+        signed_request(
+            body,
+            msg_id.encode(),
+            wrong["webhook-timestamp"],
+            wrong["webhook-signature"],
+            "v1,bm90IGEgc2lnbmF0dXJl",
+        ),
+    )
+
+    assert status == 401
+    assert store.llen(QUEUE) == queued
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("prefix", ["msg_ünïcødé_", "msg_日本語_", "msg_🚀_"])
+def test_a_non_ascii_webhook_id_verifies_through_gunicorn_and_is_the_delivery_id(gunicorn, prefix):
+    """The id is signed as UTF-8 (the `standardwebhooks` signer encodes its text),
+    sent as UTF-8 bytes, and reaches the app as WSGI's latin-1 text of those bytes."""
+    server, store = gunicorn
+    queued = store.llen(QUEUE)
+    body = valid_body("replicate").decode()
+    msg_id = prefix + uuid.uuid4().hex[:8]
+    headers = signed_headers(REPLICATE_SECRET, body, msg_id=msg_id)
+    request = signed_request(
+        body, msg_id.encode(), headers["webhook-timestamp"], headers["webhook-signature"]
+    )
+
+    first, answer = exchange(server.port, request)
+    again, _ = exchange(server.port, request)
+
+    assert first == 202, answer[-300:]
+    assert again == 200
+    assert store.llen(QUEUE) == queued + 1
+    assert store.exists(f"webhook_ingest:delivery:replicate:{msg_id}".encode())
 
 
 @pytest.mark.e2e

@@ -192,6 +192,24 @@ def test_a_mapping_written_by_plain_hset_resolves_by_job_id(jobs, redis_client, 
         jobs.resolve("replicate", job_id, "pred-other")
 
 
+@pytest.mark.parametrize(
+    "mapping",
+    [{"provider": "replicate"}, {"provider": "replicate", "external_job_id": ""}],
+    ids=["no-external-id", "empty-external-id"],
+)
+def test_a_mapping_without_an_external_id_is_not_matched_yet(jobs, redis_client, job_id, mapping):
+    # Finding 3 of issue 14: a missing id matched any delivery, so one job's result
+    # could be written into another. Not a match, and not a mismatch either: the
+    # writer may add the id in a moment.
+    redis_client.hset(keys.job_mapping(job_id), mapping=mapping)
+    redis_client.set(keys.external_index("replicate", "pred-x"), job_id)
+
+    with pytest.raises(JobNotFound):
+        jobs.resolve("replicate", job_id, "pred-x")
+    with pytest.raises(JobNotFound):
+        jobs.resolve("replicate", None, "pred-x")
+
+
 # -- concurrency ----------------------------------------------------------------
 
 

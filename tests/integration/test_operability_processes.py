@@ -3,6 +3,7 @@ worker's own metrics port, JSON log lines without secrets, Flower behind basic a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import uuid
 
+import psutil
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -108,6 +110,65 @@ def test_the_worker_serves_its_own_metrics_summed_over_its_pool(service):
     assert total(text, "webhook_state_updates_total") >= len(jobs)
 
 
+def listening_addresses(port: int) -> set[str]:
+    return {
+        conn.laddr.ip
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+    }
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")],  # noqa: S104 - asked for
+    ids=["loopback-by-default", "all-interfaces-when-asked"],
+)
+def test_the_worker_metrics_port_listens_on_loopback_unless_told_otherwise(
+    service, address, expected
+):
+    # Issue 14, finding 8: it listened on every interface, whatever the network.
+    service.env.pop("WORKER_METRICS_ADDRESS", None)
+    if address is not None:
+        service.env["WORKER_METRICS_ADDRESS"] = address
+    port = int(service.env["WORKER_METRICS_PORT"])
+    service.start_worker()
+
+    seen = wait_for(
+        lambda: listening_addresses(port), timeout=30, message="the worker's metrics port"
+    )
+
+    assert seen == {expected}
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [(None, "0.0.0.0"), ("127.0.0.1", "127.0.0.1")],  # noqa: S104 - the documented default
+    ids=["every-interface-by-default", "loopback-when-asked"],
+)
+def test_the_receiver_listens_on_bind_address(service, address, expected):
+    # Issue 14, finding 8: gunicorn.conf.py bound 0.0.0.0 whatever the operator wanted.
+    service.env.pop("BIND_ADDRESS", None)  # the service's default, not make run's
+    if address is not None:
+        service.env["BIND_ADDRESS"] = address
+
+    service.start_web()
+
+    assert listening_addresses(service.port) == {expected}
+
+
+def test_the_receiver_refuses_a_bad_bind_address_at_start(service):
+    service.env["BIND_ADDRESS"] = "receiver.example.com"
+
+    service.web = service._spawn(  # stopped by the fixture if it does start
+        "web", str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "webhook_ingest.wsgi:app"
+    )
+
+    assert service.web.wait(30) != 0
+    log = read(service, "web")
+    assert "BIND_ADDRESS" in log
+    assert "Traceback" not in log
+
+
 def test_every_process_logs_json_lines_with_ids_and_without_bodies_or_secrets(service):
     service.start_web()
     service.start_worker()
@@ -157,6 +218,50 @@ def read(service, name: str) -> str:
     return (service.logs / f"{name}.log").read_text(errors="replace")
 
 
+# -- the command line -----------------------------------------------------------------
+
+
+def test_check_config_prints_redis_and_broker_urls_without_their_passwords():
+    # Issue 14, finding 6: `webhook-ingest check-config` printed REDIS_URL as set.
+    password = "pw-" + uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "REDIS_URL": f"redis://:{password}@127.0.0.1:6379/0",
+        "CELERY_BROKER_URL": f"amqp://ops:{password}@rabbit.internal:5672/jobs",
+    }
+
+    run = subprocess.run(
+        [str(BIN / "webhook-ingest"), "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert password not in run.stdout + run.stderr
+    assert "redis: redis://:***@127.0.0.1:6379/0" in run.stdout.splitlines()
+    assert "broker: amqp://ops:***@rabbit.internal:5672/jobs" in run.stdout.splitlines()
+
+
+@pytest.mark.parametrize("url", ["unix:///var/run/redis/redis.sock", "unix:///tmp/redis.sock?db=2"])
+def test_check_config_refuses_a_unix_socket_redis_url_naming_the_variable(url):
+    # Issue 14, finding 8: unix:// passed validation, then the broker, the rate
+    # limiter and beat (which read the URL as a TCP server's) failed at run time.
+    run = subprocess.run(
+        [str(BIN / "webhook-ingest"), "check-config"],
+        env={**os.environ, "REDIS_URL": url, "CELERY_BROKER_URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert run.returncode != 0
+    assert "REDIS_URL" in run.stderr
+    assert "unix" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 # -- Flower -------------------------------------------------------------------------
 
 
@@ -171,11 +276,11 @@ def test_flower_refuses_an_open_address_without_basic_auth():
     )
 
 
-def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(service):
-    service.start_web()
-    service.start_worker()
+@contextlib.contextmanager
+def flower_for(service, user: str = "ops", password: str = "s3cret-pw"):
+    """Flower as the Procfile starts it, behind basic auth; yields its base URL."""
     port = free_port()
-    env = {**service.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pw", "FLOWER_PORT": str(port)}
+    env = {**service.env, "FLOWER_BASIC_AUTH": f"{user}:{password}", "FLOWER_PORT": str(port)}
     flower = subprocess.Popen(
         [sys.executable, "-m", "workers.flower"],
         cwd=ROOT,
@@ -194,6 +299,22 @@ def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(se
                 return False
 
         wait_for(up, timeout=30, message="Flower to answer")
+        yield base
+    finally:
+        os.killpg(flower.pid, signal.SIGTERM)
+        flower.wait(30)
+
+
+def flower_ingest_tasks(base: str) -> list[dict]:
+    tasks = requests.get(f"{base}/api/tasks", auth=("ops", "s3cret-pw"), timeout=2)
+    assert tasks.status_code == 200
+    return [t for t in tasks.json().values() if t.get("name") == "webhook_ingest.ingest"]
+
+
+def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(service):
+    service.start_web()
+    service.start_worker()
+    with flower_for(service) as base:
         assert (
             requests.get(f"{base}/api/tasks", auth=("ops", "wrong"), timeout=2).status_code == 401
         )
@@ -204,13 +325,54 @@ def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(se
         def ingest_tasks() -> list[dict]:
             # Flower switches the workers' events on within seconds; deliver until seen.
             deliver(service, job_id, {"id": "pred-fl", "status": "processing", "x": BODY_MARKER})
-            tasks = requests.get(f"{base}/api/tasks", auth=("ops", "s3cret-pw"), timeout=2)
-            assert tasks.status_code == 200
-            return [t for t in tasks.json().values() if t.get("name") == "webhook_ingest.ingest"]
+            return flower_ingest_tasks(base)
 
         seen = wait_for(ingest_tasks, timeout=45, interval=1, message="Flower to see a task")
         assert seen[0]["args"].startswith("<replicate delivery msg_")
         assert BODY_MARKER not in json.dumps(seen)
-    finally:
-        os.killpg(flower.pid, signal.SIGTERM)
-        flower.wait(30)
+
+
+def test_flower_shows_no_payload_for_any_attempt_of_a_retried_delivery(service):
+    # Issue 14, finding 6: Celery's task.retry publishes the retry with its default
+    # argsrepr, the repr of the whole message (body and headers): every attempt after
+    # the first showed the payload in Flower.
+    service.start_web()
+    service.start_worker()
+    header_marker = "agent-that-must-not-show-" + uuid.uuid4().hex
+    with flower_for(service) as base:
+        known = f"job-fl-{uuid.uuid4().hex[:6]}"
+        register(service, known, "pred-fl")
+
+        def events_on() -> list[dict]:
+            deliver(service, known, {"id": "pred-fl", "status": "processing"})
+            return flower_ingest_tasks(base)
+
+        wait_for(events_on, timeout=45, interval=1, message="Flower to see a task")
+
+        # A job nobody registered: retried until UNMATCHED_RETRY_SECONDS (4 s), then parked.
+        body = body_of({"id": "pred-nobody", "status": "succeeded", "output": BODY_MARKER})
+        headers = {**signed_headers(REPLICATE_SECRET, body), "User-Agent": header_marker}
+        answer = requests.post(
+            f"{service.url}/webhook/replicate/job-fl-unknown",
+            data=body,
+            headers=headers,
+            timeout=5,
+        )
+        assert answer.status_code == 202
+        label = f"<replicate delivery {headers['webhook-id']}>"
+        shown: list[dict] = []
+
+        def parked() -> bool:
+            # every state Flower shows on the way, not only the last one
+            mine = [t for t in flower_ingest_tasks(base) if headers["webhook-id"] in str(t)]
+            shown.extend(mine)
+            return any(t.get("retries", 0) >= 1 and t.get("state") == "SUCCESS" for t in mine)
+
+        wait_for(parked, timeout=60, interval=0.3, message="the retried delivery to be parked")
+
+    assert any(t["retries"] >= 1 for t in shown)
+    text = json.dumps(shown)
+    assert BODY_MARKER not in text
+    assert header_marker not in text
+    assert "webhook-timestamp" not in text  # the kept headers travel in the message only
+    assert {t["args"] for t in shown} == {label}

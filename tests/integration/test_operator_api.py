@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN
 from tests.support import client_for
+from webhook_ingest.config import ConfigError
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import JobStateUpdate
 
@@ -106,6 +107,16 @@ def test_operator_endpoints_are_disabled_without_admin_token(redis_client, servi
     assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.parametrize("token", ["change-me-to-a-long-token", "x" * 32])
+def test_a_sample_or_low_entropy_admin_token_stops_the_receiver_at_start(services_with, token):
+    # Issue 14, finding 6: the README's sample opened /jobs and /dead-letters to
+    # anyone who had read the README.
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN") as refused:
+        services_with(ADMIN_TOKEN=token)
+
+    assert token not in str(refused.value)
+
+
 # -- registering a job ------------------------------------------------------------------
 
 
@@ -186,6 +197,11 @@ BAD_REGISTRATIONS = {
     ),
     "job_id-too-long": (
         {"job_id": "j" * 129, "provider": "replicate", "external_job_id": "p"},
+        "job_id",
+    ),
+    # issue 14, finding 8: this created job_mapping:job-nl\n
+    "job_id-trailing-newline": (
+        {"job_id": "job-nl\n", "provider": "replicate", "external_job_id": "p"},
         "job_id",
     ),
     "provider-missing": ({"job_id": "job-1", "external_job_id": "pred-1"}, "provider"),

@@ -294,3 +294,43 @@ def test_openai_event_for_an_unknown_type_is_recorded_not_retried(
     recorded = wait_for(lambda: redis_client.lrange("webhook_ingest:ignored", 0, -1))
     assert '"realtime.call.incoming"' in recorded[0]
     assert services.dead_letters.count() == 0
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [{"provider": "replicate"}, {"provider": "replicate", "external_job_id": ""}],
+    ids=["no-external-id", "empty-external-id"],
+)
+def test_a_mapping_without_an_external_id_takes_no_delivery_and_parks_it_unmatched(
+    client, services, worker, redis_client, job_id, mapping
+):
+    # Another service wrote the mapping with a plain HSET before it had the provider's
+    # id (contract §4): nothing yet says which prediction is this job's.
+    redis_client.hset(keys.job_mapping(job_id), mapping={**mapping, "created_at": "1"})
+
+    msg_id = deliver(
+        client, job_id, {"id": "pred-someone-else", "status": "succeeded", "output": "forged"}
+    )
+
+    letter = wait_for(
+        lambda: next((d for d in services.dead_letters.list() if d["delivery_id"] == msg_id), None),
+        timeout=20,
+        message="the delivery to be parked as not matched",
+    )
+    assert letter["reason"] == "unmatched"
+    assert not state_of(redis_client, job_id)
+    assert redis_client.hgetall(keys.job_mapping(job_id)) == {**mapping, "created_at": "1"}
+
+
+def test_a_delivery_waits_until_the_mapping_gets_its_external_id(
+    client, services, worker, redis_client, job_id
+):
+    redis_client.hset(keys.job_mapping(job_id), mapping={"provider": "replicate"})
+    deliver(client, job_id, {"id": "pred-later", "status": "succeeded", "output": "mine"})
+
+    redis_client.hset(keys.job_mapping(job_id), "external_job_id", "pred-later")
+
+    state = settled(redis_client, job_id, "completed")
+    assert state["result"] == '"mine"'
+    assert state["external_job_id"] == "pred-later"
+    assert services.dead_letters.count() == 0

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import logging
 import os
+import re
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 
@@ -26,7 +30,9 @@ from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
 from tests.support import PrivateRedis, Subscriber, body_of, celery_for, signed_headers, wait_for
+from webhook_ingest.config import ConfigError
 from webhook_ingest.handoff import JournalThenPublishHandoff, SingleScriptHandoff, build_handoff
+from webhook_ingest.observability.json_logs import JsonFormatter
 from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 from webhook_ingest.web.app import create_app
@@ -407,6 +413,30 @@ REJECTIONS = [
     pytest.param(_case_signed("null"), 400, id="json-null"),
     # JSON has no NaN; Python's parser would take it and JSON.parse downstream would not
     pytest.param(_case_signed('{"id": "pred-x", "score": NaN}'), 400, id="json-nan"),
+    # issue 14, finding 8: these parsed (to inf, to a string Redis cannot store) and
+    # became `error` dead letters with a traceback in the worker
+    pytest.param(
+        _case_signed('{"id": "pred-x", "status": "succeeded", "output": 1e999}'),
+        400,
+        id="json-1e999",
+    ),
+    pytest.param(_case_signed('{"id": "pred-x", "score": [-1E+400]}'), 400, id="json-minus-1e400"),
+    # an integer no double can hold: JSON.parse downstream reads Infinity
+    pytest.param(
+        _case_signed('{"id": "pred-x", "n": 1' + "0" * 400 + "}"),
+        400,
+        id="json-integer-beyond-doubles",
+    ),
+    pytest.param(
+        _case_signed('{"id": "pred-x", "status": "succeeded", "output": "\\ud800"}'),
+        400,
+        id="json-lone-high-surrogate",
+    ),
+    pytest.param(
+        _case_signed('{"id": "pred-x", "\\udfff": {"a": ["x\\udc00y"]}}'),
+        400,
+        id="json-lone-low-surrogates",
+    ),
     pytest.param(_case_signed("42"), 400, id="json-number"),
     pytest.param(
         _case_signed(b'{"id": "pred-x", "status": "\xff\xfe starting"}'), 400, id="invalid-utf8"
@@ -425,6 +455,15 @@ REJECTIONS = [
     pytest.param(
         _case_signed(prediction(), "/webhook/replicate/j%C3%B6b"), 400, id="job-id-non-ascii"
     ),
+    # issue 14, finding 8: `$` also matched before a trailing newline (202)
+    pytest.param(
+        _case_signed(prediction(), "/webhook/replicate/job-1%0a"), 400, id="job-id-trailing-lf"
+    ),
+    pytest.param(
+        _case_signed(prediction(), "/webhook/replicate/job-1%0d%0a"),
+        400,
+        id="job-id-trailing-crlf",
+    ),
     # not a webhook method -> 405
     pytest.param(_case_get, 405, id="get"),
 ]
@@ -433,6 +472,40 @@ REJECTIONS = [
 @pytest.mark.parametrize(("build", "status"), REJECTIONS)
 def test_rejected_delivery_answers_json_error_and_writes_nothing(isolated, build, status):
     assert_rejected_without_writes(isolated, lambda: build()(isolated.client), status)
+
+
+# C1 controls, line and paragraph separators, a bidi override: raw in a log line they
+# end it early for JavaScript readers and some collectors, or rearrange what is shown.
+UNSAFE_IN_LOGS = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def test_a_rejected_job_id_reaches_the_json_log_escaped_and_shortened(isolated, caplog):
+    # Issue 14, finding 8: raw U+2028 and C1 characters reached the JSON logs, and
+    # a rejected id was logged whole, however long.
+    caplog.set_level(logging.INFO, logger="webhook_ingest.web.receiver")
+    tricky = "job\u2028line\u2029para\x85nel\x9bcsi\u202eevil" + "j" * 3000
+    body = prediction()
+    headers = signed_headers(REPLICATE_SECRET, body)
+    before = isolated.snapshot()
+
+    response = isolated.client.post(
+        "/webhook/replicate/" + urllib.parse.quote(tricky), data=body, headers=headers
+    )
+
+    assert_error(response, 400, sent_body=body, sent_headers=headers)
+    assert isolated.snapshot() == before
+    lines = [
+        JsonFormatter().format(record)
+        for record in caplog.records
+        if record.name == "webhook_ingest.web.receiver"
+    ]
+    assert lines
+    assert not [line for line in lines if UNSAFE_IN_LOGS.search(line)], lines
+    entry = json.loads(lines[-1])
+    assert entry["outcome"] == "invalid_job_id"
+    # the characters are kept, escaped as JSON; the id cut to a readable length
+    assert entry["job_id"].startswith("job\u2028line\u2029para\x85nel\x9bcsi\u202eevil")
+    assert len(entry["job_id"]) <= 80
 
 
 def test_job_id_with_encoded_slash_is_rejected_and_writes_nothing(isolated):
@@ -446,6 +519,14 @@ def test_job_id_with_encoded_slash_is_rejected_and_writes_nothing(isolated):
     assert response.status_code in (400, 404)
     assert_error(response, response.status_code, sent_body=body, sent_headers=headers)
     assert isolated.snapshot() == before
+
+
+def test_a_unix_socket_redis_url_stops_the_receiver_at_start(private_redis):
+    """Issue 14, finding 8: it passed validation, then failed at run time."""
+    environ = dict(os.environ, REDIS_URL="unix:///var/run/redis/redis.sock", CELERY_BROKER_URL="")
+
+    with pytest.raises(ConfigError, match="REDIS_URL: unix sockets"):
+        build_app(environ, private_redis.url)
 
 
 def test_unconfigured_provider_is_404_and_writes_nothing(isolated, private_redis):

@@ -19,6 +19,7 @@ import redis
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
 from tests.support import signed_headers
+from webhook_ingest.config import ConfigError
 from webhook_ingest.handoff.claims import Claim, DeliveryClaims
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal
@@ -159,6 +160,35 @@ def test_the_claim_ttl_follows_delivery_dedup_ttl_seconds(make_app):
     ttl = app.raw.ttl(keys.delivery_claim("replicate", headers["webhook-id"], "job-1"))
     assert 5000 - 60 <= ttl <= 5000, ttl
     assert app.services.settings.dedup_ttl_seconds == 5000
+
+
+@pytest.mark.parametrize(
+    ("dedup_ttl", "tolerance"),
+    [("60", None), ("299", "300"), ("599", "300"), ("119", "60")],
+    ids=["under-the-default-tolerance", "just-under", "under-twice", "under-twice-60s"],
+)
+def test_an_id_forgotten_while_its_timestamp_is_still_accepted_stops_the_receiver(
+    make_app, dedup_ttl, tolerance
+):
+    """Issue 14, finding 8: with ids remembered for less than the tolerance window,
+    a captured delivery replayed after its id was forgotten but while its timestamp
+    still passes is accepted again. A timestamp passes for `tolerance` seconds on
+    either side, so a delivery first seen at the window's start can be replayed
+    for twice the tolerance."""
+    environ = {"DELIVERY_DEDUP_TTL_SECONDS": dedup_ttl}
+    if tolerance:
+        environ["WEBHOOK_TOLERANCE_SECONDS"] = tolerance
+
+    with pytest.raises(ConfigError, match="DELIVERY_DEDUP_TTL_SECONDS") as refused:
+        make_app(**environ)
+
+    assert "WEBHOOK_TOLERANCE_SECONDS" in str(refused.value)
+
+
+def test_ids_remembered_for_twice_the_tolerance_are_enough(make_app):
+    app = make_app(DELIVERY_DEDUP_TTL_SECONDS="120", WEBHOOK_TOLERANCE_SECONDS="60")
+
+    assert app.services.settings.dedup_ttl_seconds == 120
 
 
 def test_a_duplicate_does_not_extend_how_long_the_id_is_remembered(make_app):

@@ -150,6 +150,54 @@ def test_any_other_token_is_rejected_with_401_and_leaks_nothing(
     assert TOKEN not in everything_in(redis_client)
 
 
+URL_FORMS = {
+    # the job id forgotten: the token takes its place
+    "token-as-job-id": lambda token: f"/webhook/runpod/{token}",
+    # a token that is no valid job id (400 before verification)
+    "token-as-invalid-job-id": lambda token: f"/webhook/runpod/~{token}",
+}
+
+
+@pytest.mark.parametrize("form", URL_FORMS.values(), ids=URL_FORMS.keys())
+@pytest.mark.parametrize("token", [TOKEN, OLD_TOKEN], ids=["new", "old"])
+def test_a_url_without_its_job_id_is_refused_and_the_token_is_not_logged_as_one(
+    runpod_client, redis_client, caplog, form, token
+):
+    # Issue 14, finding 6: POST /webhook/runpod/<token> logged the token as job_id.
+    caplog.set_level(logging.DEBUG)
+    before = everything_in(redis_client, skip="LIMITS:")
+
+    answer = runpod_client.post(
+        form(token), data=status_object(), headers={"Content-Type": "application/json"}
+    )
+
+    assert answer.status_code in (400, 401)
+    assert set(answer.get_json()) == {"error"}
+    assert token not in answer.get_data(as_text=True)
+    rejected = [r for r in caplog.records if r.getMessage().startswith("delivery rejected")]
+    assert rejected, "the refusal is still logged"
+    assert all(getattr(r, "job_id", None) is None for r in rejected)
+    assert token not in logged_text(caplog.records)
+    assert everything_in(redis_client, skip="LIMITS:") == before
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["not-configured", "unknown-name"])
+def test_a_provider_that_cannot_say_what_its_segment_is_does_not_log_it(
+    services_with, api, quiet_broker, caplog, configured
+):
+    """An unconfigured RunPod, or a typo in the provider's name: the segment may be a
+    URL token all the same."""
+    services = services_with(**runpod_settings(api, WEBHOOK_URL_TOKEN_RUNPOD=None))
+    client = client_for(services, quiet_broker)
+    caplog.set_level(logging.DEBUG)
+    path = f"/webhook/runpod/{TOKEN}" if not configured else f"/webhook/runpd/{TOKEN}"
+
+    answer = client.post(path, data=status_object())
+
+    assert answer.status_code == 404
+    assert TOKEN not in logged_text(caplog.records)
+
+
 def test_a_token_segment_is_not_accepted_by_providers_without_url_tokens(runpod_client, job_id):
     # conftest configures Replicate with a signing secret and no URL token
     answer = runpod_client.post(f"/webhook/replicate/{job_id}/{TOKEN}", data=status_object())

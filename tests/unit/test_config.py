@@ -6,6 +6,9 @@ depends on (or changes) the test process's environment.
 
 from __future__ import annotations
 
+import secrets
+import uuid
+
 import pytest
 
 from webhook_ingest.config import ConfigError, load_settings
@@ -24,6 +27,8 @@ from webhook_ingest.config import ConfigError, load_settings
         ("orphan_poll_interval_seconds", 60),
         ("webhook_base_url", "http://localhost:8000"),
         ("admin_token", None),  # operator endpoints disabled
+        ("worker_metrics_address", "127.0.0.1"),  # like Flower: loopback unless asked
+        ("bind_address", "0.0.0.0"),  # behind a load balancer on another host
     ],
 )
 def test_defaults_match_the_contract(attribute, default):
@@ -58,6 +63,9 @@ def test_the_webhook_base_url_defaults_to_localhost_on_the_configured_port():
         ("ORPHAN_POLL_INTERVAL_SECONDS", "15", "orphan_poll_interval_seconds", 15),
         ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "120", "broker_visibility_timeout_seconds", 120),
         ("WEBHOOK_BASE_URL", "https://hooks.example.com", "webhook_base_url", None),
+        ("WORKER_METRICS_ADDRESS", "0.0.0.0", "worker_metrics_address", None),
+        ("WORKER_METRICS_ADDRESS", "::", "worker_metrics_address", None),
+        ("WORKER_METRICS_ADDRESS", "10.1.2.3", "worker_metrics_address", None),
     ],
 )
 def test_valid_values_are_used(variable, value, attribute, expected):
@@ -74,6 +82,7 @@ def test_valid_values_are_used(variable, value, attribute, expected):
         ("PORT", "70000"),
         ("REDIS_URL", "http://x"),
         ("REDIS_URL", "localhost:6379"),
+        ("REDIS_URL", "unix:///var/run/redis.sock"),  # not supported by every part
         ("CELERY_BROKER_URL", "ftp://x"),
         ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "600"),
         ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "ninety"),
@@ -84,6 +93,11 @@ def test_valid_values_are_used(variable, value, attribute, expected):
         ("ORPHAN_AFTER_SECONDS", "0"),
         ("ORPHAN_POLL_INTERVAL_SECONDS", "often"),
         ("WEBHOOK_BASE_URL", "not a url"),
+        ("WORKER_METRICS_ADDRESS", "metrics.example.com"),
+        ("DELIVERY_DEDUP_TTL_SECONDS", "599"),  # under twice the default tolerance
+        ("WORKER_METRICS_ADDRESS", "0.0.0.0:9808"),
+        ("BIND_ADDRESS", "receiver.example.com"),
+        ("BIND_ADDRESS", "[::]"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_the_variable(variable, value):
@@ -129,3 +143,81 @@ def test_unrelated_variables_are_ignored():
     settings = load_settings({"HOME": "/root", "WEBHOOK_SECRET_OPENAI": "whsec_abc"})
 
     assert settings == load_settings({})
+
+
+# -- printing settings ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:hunter2-pw@cache:6379/3", "redis://:***@cache:6379/3"),
+        ("rediss://ops:hunter2-pw@cache:6380/0", "rediss://ops:***@cache:6380/0"),
+        ("redis://cache:6379/0?password=hunter2-pw&db=1", "redis://cache:6379/0?password=***&db=1"),
+        ("amqp://guest:hunter2-pw@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+        ("redis://:hunter2@pw@cache/0", "redis://:***@cache/0"),  # an unescaped @
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url, shown):
+    from webhook_ingest.config import redacted_url
+
+    assert redacted_url(url) == shown
+
+
+# -- ADMIN_TOKEN ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "change-me-to-a-long-token",  # the README's own sample, once
+        "CHANGE-ME-TO-A-LONG-TOKEN",
+        "please-change-me-before-deploying",
+        "replace-me-with-a-real-admin-token",
+        "short-token",  # under 16 characters
+        "a" * 40,
+        "abababababababababab",
+        "passwordpassword",
+        "1234567890123456",  # 16 digits: 53 bits
+        "abcdefghijklmnopqrstuvwxyz",
+        "0123456789abcdef",
+    ],
+)
+def test_a_sample_or_low_entropy_admin_token_stops_the_process(token):
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN") as error:
+        load_settings({"ADMIN_TOKEN": token})
+
+    assert token not in str(error.value)
+    assert "openssl rand -hex 24" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: secrets.token_hex(24),  # openssl rand -hex 24, as the README says
+        lambda: secrets.token_hex(8),  # 16 hex characters: 64 bits
+        lambda: secrets.token_urlsafe(32),
+        lambda: "test-admin-token-" + uuid.uuid4().hex,  # tests/conftest.py
+        lambda: "bench-" + uuid.uuid4().hex,  # bench/run.py
+    ],
+    ids=["hex24", "hex8", "urlsafe32", "tests", "bench"],
+)
+def test_generated_admin_tokens_are_accepted(make):
+    for _ in range(50):
+        token = make()
+        assert load_settings({"ADMIN_TOKEN": token}).admin_token == token
+
+
+@pytest.mark.parametrize(
+    ("environ", "bind"),
+    [
+        ({}, "0.0.0.0:8000"),
+        ({"BIND_ADDRESS": "127.0.0.1", "PORT": "9000"}, "127.0.0.1:9000"),
+        ({"BIND_ADDRESS": "::"}, "[::]:8000"),
+        ({"BIND_ADDRESS": "::1", "PORT": "8443"}, "[::1]:8443"),
+        ({"BIND_ADDRESS": "localhost"}, "localhost:8000"),
+    ],
+)
+def test_the_receiver_binds_bind_address_and_port(environ, bind):
+    assert load_settings(environ).bind == bind

@@ -71,6 +71,53 @@ def test_a_header_with_several_signatures_is_accepted_when_one_matches():
     assert verifier().verify(BODY.encode(), headers, now=NOW) == Verified("msg_1", NOW)
 
 
+@pytest.mark.parametrize(
+    "join",
+    [", ", ",", " , "],
+    ids=["werkzeug", "gunicorn", "spaced"],
+)
+@pytest.mark.parametrize("ours_first", [True, False], ids=["ours-first", "ours-second"])
+def test_two_header_lines_joined_by_a_server_are_each_tried(join, ours_first):
+    # Two `webhook-signature` lines reach the app as one value joined with a comma
+    # (RFC 9110), each line a `v1,<sig>` pair of its own.
+    ours = headers_for()["webhook-signature"]
+    someone_elses = headers_for(secret=new_secret())["webhook-signature"]
+    lines = [ours, someone_elses] if ours_first else [someone_elses, ours]
+    headers = {**headers_for(), "webhook-signature": join.join(lines)}
+
+    assert verifier().verify(BODY.encode(), headers, now=NOW) == Verified("msg_1", NOW)
+
+
+def test_an_asymmetric_signature_beside_ours_is_skipped():
+    ours = headers_for()["webhook-signature"]
+    v1a = "v1a," + base64.b64encode(os.urandom(64)).decode()
+    headers = {**headers_for(), "webhook-signature": f"{v1a} {ours}"}
+
+    assert verifier().verify(BODY.encode(), headers, now=NOW) == Verified("msg_1", NOW)
+
+
+NON_ASCII_IDS = ["msg_ünïcødé", "msg_日本語", "msg_🚀"]
+
+
+@pytest.mark.parametrize("msg_id", NON_ASCII_IDS)
+def test_a_non_ascii_webhook_id_as_a_wsgi_server_passes_it_on_verifies(msg_id):
+    """Signed as UTF-8, sent as UTF-8, handed to the app as latin-1 text (PEP 3333);
+    the delivery id is the text that was signed."""
+    headers = headers_for(msg_id=msg_id)
+    on_the_wire = {**headers, "webhook-id": msg_id.encode().decode("latin-1")}
+
+    assert verifier().verify(BODY.encode(), on_the_wire, now=NOW) == Verified(msg_id, NOW)
+
+
+@pytest.mark.parametrize("msg_id", NON_ASCII_IDS)
+def test_a_non_ascii_webhook_id_already_decoded_verifies(msg_id):
+    """A client that sent the id as latin-1 (Python's http.client does for `é`), or a
+    server that decoded it already: the text is what was signed."""
+    assert verifier().verify(BODY.encode(), headers_for(msg_id=msg_id), now=NOW) == Verified(
+        msg_id, NOW
+    )
+
+
 def test_a_secret_without_the_whsec_prefix_is_accepted_as_raw_base64():
     raw = base64.b64encode(os.urandom(24)).decode()
 

@@ -28,6 +28,19 @@ _WITHHELD = re.compile(
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
+# Characters json.dumps(ensure_ascii=False) leaves raw that a log line must not
+# carry: DEL and the C1 controls (U+0085 is a newline to some readers), the line
+# and paragraph separators (line ends for JavaScript and some collectors), bidi
+# controls (they rearrange what a terminal shows), and lone surrogates (which
+# stderr cannot even encode). Field values come from requests, so each is written
+# as a JSON `\uXXXX` escape: the line stays one line, the value is kept.
+_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape_unsafe(line: str) -> str:
+    # Outside strings a JSON text is ASCII, so every match is inside a string.
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", line)
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -45,7 +58,7 @@ class JsonFormatter(logging.Formatter):
             entry[name] = value if isinstance(value, str | int | float | bool) else str(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return _escape_unsafe(json.dumps(entry, ensure_ascii=False))
 
 
 class WithholdRequestText(logging.Filter):

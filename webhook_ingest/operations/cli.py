@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import click
 
-from webhook_ingest.config import ConfigError
+from webhook_ingest.config import ConfigError, redacted_url
 
 
 def _services():
@@ -40,8 +40,9 @@ def check_config() -> None:
                 f"({provider.configuration_hint}) to accept its webhooks"
             )
     settings = services.settings
-    click.echo(f"redis: {settings.redis_url}")
-    click.echo(f"broker: {settings.broker_url.split('@')[-1]}")
+    # shown so an operator sees which servers, never with their passwords
+    click.echo(f"redis: {redacted_url(settings.redis_url)}")
+    click.echo(f"broker: {redacted_url(settings.broker_url)}")
     if not settings.admin_token:
         click.echo("operator endpoints: DISABLED - set ADMIN_TOKEN to enable /jobs")
 

@@ -66,12 +66,13 @@ if TYPE_CHECKING:
 
 PROVIDERS_FILE_VARIABLE = "WEBHOOK_PROVIDERS_FILE"
 
+# Patterns end in \Z: `$` also matches before a trailing newline.
 # A URL segment and part of environment variable names (upper-cased).
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}\Z")
 # Keys separated by dots; a numeric key also indexes a list (output.0.url).
 _PATH = re.compile(r"^[^.]+(\.[^.]+)*$")
-_ENV_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+_ENV_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an HTTP token (RFC 9110)
 _POLL_PLACEHOLDERS = ("base_url", "external_job_id")
 
 # The checks the base class also reads from WEBHOOK_<...>_<NAME>, by scheme.

@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 # The value to give WEBHOOK_JWKS_URL_FAL in production (fal's published key set).
 FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 
-# owner/name[/subpath...]: path segments only, so a model cannot redirect the request.
-_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
+# owner/name[/subpath...]: path segments only, so a model cannot redirect the request
+# (\Z, not `$`, which also matches before a trailing newline).
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+\Z")
 
 
 def _error_text(answer: dict[str, Any]) -> str:

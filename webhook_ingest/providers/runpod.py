@@ -46,9 +46,10 @@ from webhook_ingest.state.job_update import (
 if TYPE_CHECKING:
     from redis import Redis
 
-_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# \Z, not `$`, which also matches before a trailing newline
+_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 # Unreserved URL characters: the token is a path segment, sent and matched as is.
-_URL_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~-]+$")
+_URL_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9._~-]+\Z")
 
 # status -> (our status, progress, error message)
 _STATUS: dict[str, tuple[str, int | None, str | None]] = {

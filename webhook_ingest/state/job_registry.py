@@ -85,6 +85,12 @@ class JobRegistry:
         if mapping.get("provider") and mapping["provider"] != provider:
             raise JobMismatch(f"job {job_id} belongs to provider {mapping['provider']}")
         mapped_external = mapping.get("external_job_id")
-        if mapped_external and mapped_external != external_job_id:
+        if not mapped_external:
+            # Another service may write the mapping in steps (a plain HSET of the
+            # provider first, the provider's id once it has it). Until the id is
+            # there nothing proves the delivery is about this job: anyone's
+            # prediction could be written into it. Not matched yet, so retried.
+            raise JobNotFound(f"job {job_id} has no {provider} id in its mapping yet")
+        if mapped_external != external_job_id:
             raise JobMismatch(f"job {job_id} is mapped to another {provider} id")
         return JobRef(job_id=job_id, provider=provider, external_job_id=external_job_id)

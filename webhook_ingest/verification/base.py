@@ -62,6 +62,26 @@ def check_delivery_id(value: str) -> str:
     return value
 
 
+def header_id(value: str) -> tuple[bytes, str]:
+    """(the bytes a signer signed, the text the id is kept as) for an id header.
+
+    Standard Webhooks signers sign the id's UTF-8 bytes. A WSGI server hands a
+    header over as the latin-1 text of the bytes on the wire (PEP 3333), so those
+    bytes come back with latin-1 and are read as UTF-8. A value that is no such
+    text (a client that put latin-1 on the wire, e.g. Python's http.client, or
+    text already decoded) is taken as it reads, and signed as its UTF-8.
+    """
+    try:
+        raw = value.encode("latin-1")
+        return raw, raw.decode("utf-8")
+    except UnicodeError:
+        pass
+    try:
+        return value.encode("utf-8"), value
+    except UnicodeEncodeError:  # a lone surrogate: nothing could have signed it
+        raise VerificationError("invalid delivery id") from None
+
+
 def check_timestamp(text: str, tolerance_seconds: int, now: float | None = None) -> int:
     """Unix seconds as sent, within tolerance both ways (replay protection)."""
     if not text.isascii() or not text.isdigit() or len(text) > 12:

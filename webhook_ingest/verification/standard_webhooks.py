@@ -2,7 +2,8 @@
 
 Standard Webhooks (OpenAI, Replicate): HMAC-SHA256 over
 `{webhook-id}.{webhook-timestamp}.{raw body}` with the base64 key after `whsec_`,
-signatures `v1,<base64>` separated by spaces. Several configured secrets are
+signatures `v1,<base64>` separated by spaces (or commas, where a server joined two
+header lines), the id any text, signed as UTF-8. Several configured secrets are
 tried so a rotation never drops a delivery. Written here rather than calling
 `standardwebhooks.Webhook.verify` because that decodes the body as text, fixes
 the tolerance at five minutes and raises arbitrary errors on malformed headers;
@@ -15,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
 
 from webhook_ingest.config import ConfigError
@@ -23,11 +25,26 @@ from webhook_ingest.verification.base import (
     Verified,
     check_delivery_id,
     check_timestamp,
+    header_id,
     matches_any,
 )
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format marker, not a secret
 MAX_SIGNATURES = 10  # a rotation needs two or three; more is a probe
+# The spec's list is space-delimited; a server that receives two header lines
+# joins them with a comma (RFC 9110: gunicorn "a,b", werkzeug "a, b").
+_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def signature_candidates(header: str) -> list[str]:
+    """The base64 part of every `v1,<signature>` in the header, in order.
+
+    Split on spaces and commas alike, a `v1` token is followed by its signature;
+    other versions (`v1a`, an asymmetric signature) are skipped with theirs.
+    """
+    tokens = [token for token in _SEPARATORS.split(header) if token]
+    pairs = zip(tokens, tokens[1:], strict=False)
+    return [signature for version, signature in pairs if version == "v1"][:MAX_SIGNATURES]
 
 
 def decode_secret(secret: str, variable: str) -> bytes:
@@ -66,20 +83,18 @@ class StandardWebhooksVerifier:
         url_token: str | None = None,
         now: float | None = None,
     ) -> Verified:
-        msg_id = headers.get("webhook-id", "")
+        header = headers.get("webhook-id", "")
         timestamp_text = headers.get("webhook-timestamp", "")
         signatures = headers.get("webhook-signature", "")
-        if not (msg_id and timestamp_text and signatures):
+        if not (header and timestamp_text and signatures):
             raise VerificationError("missing signature headers")
+        signed_id, msg_id = header_id(header)  # the spec allows any id, UTF-8 signed
         check_delivery_id(msg_id)
         timestamp = check_timestamp(timestamp_text, self._tolerance, now)
 
-        signed = b"%s.%s.%s" % (msg_id.encode(), timestamp_text.encode(), body)
+        signed = b"%s.%s.%s" % (signed_id, timestamp_text.encode(), body)
         expected = [hmac.new(key, signed, hashlib.sha256).digest() for key in self._keys]
-        for candidate in signatures.split()[:MAX_SIGNATURES]:
-            version, _, encoded = candidate.partition(",")
-            if version != "v1":
-                continue
+        for encoded in signature_candidates(signatures):
             try:
                 given = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):

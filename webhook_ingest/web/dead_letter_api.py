@@ -18,7 +18,8 @@ blueprint = Blueprint("dead_letters", __name__)
 blueprint.before_request(require_admin)
 
 MAX_LIMIT = 500
-LETTER_ID = re.compile(r"^[0-9a-f]{32}$")
+# \Z, not `$`, which also matches before a trailing newline
+LETTER_ID = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 class ListQuery(Schema):

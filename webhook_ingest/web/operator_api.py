@@ -43,8 +43,14 @@ def _require_admin():
     return require_admin()
 
 
+def _job_id(value: str) -> None:
+    # fullmatch: marshmallow's Regexp uses match, whose `$` lets a trailing newline in
+    if not JOB_ID.fullmatch(value):
+        raise ValidationError("invalid job id")
+
+
 class RegisterJobSchema(Schema):
-    job_id = fields.String(required=True, validate=validate.Regexp(JOB_ID, error="invalid job id"))
+    job_id = fields.String(required=True, validate=_job_id)
     provider = fields.String(required=True)
     external_job_id = fields.String(required=True, validate=validate.Length(min=1, max=256))
 

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("receiver", __name__)
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Matched with fullmatch: `$` would also match before a trailing newline.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 @blueprint.post("/webhook/<provider>")
@@ -42,35 +43,41 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     handler = services.providers.get(provider)
     # URL text is not a label: an unknown name would make a new series per request.
     label = provider if handler is not None else "unknown"
+    logged = {"job_id": _shown(job_id) if _segment_is_a_job_id(handler, token) else None}
     if handler is None:
-        return _refused(label, "unknown_provider", 404, "unknown provider")
+        return _refused(label, "unknown_provider", 404, "unknown provider", **logged)
     if handler.verifier is None:
-        return _refused(label, "not_configured", 404, "provider not configured")
+        return _refused(label, "not_configured", 404, "provider not configured", **logged)
     if token is not None and not handler.takes_url_token:
         # a token segment exists only on the URLs of providers configured for one
-        return _refused(label, "not_found", 404, "not found")
+        return _refused(label, "not_found", 404, "not found", **logged)
     if not handler.allows(request.remote_addr):
-        return _refused(label, "address_not_allowed", 403, "address not allowed")
-    if job_id is not None and not JOB_ID.match(job_id):
-        return _refused(label, "invalid_job_id", 400, "invalid job id")
+        return _refused(label, "address_not_allowed", 403, "address not allowed", **logged)
+    if job_id is not None and not JOB_ID.fullmatch(job_id):
+        return _refused(label, "invalid_job_id", 400, "invalid job id", **logged)
 
     try:
         body = read_body(services.settings.max_body_bytes)
     except RequestEntityTooLarge:
-        _count(label, "too_large", job_id=job_id)
+        _count(label, "too_large", **logged)
         raise
     except RequestTimeout:  # the body's deadline (webhook_ingest.web.body_deadline)
         _count(label, "body_timeout", job_id=job_id)
         raise
     except BadRequest:
-        _count(label, "malformed_body", job_id=job_id)
+        _count(label, "malformed_body", **logged)
         raise
     try:
         verified = handler.verifier.verify(body, request.headers, url_token=token)
     except VerificationError as exc:
         VERIFICATION_FAILURES.labels(label, exc.reason).inc()
         return _refused(
-            label, "verification_failed", 401, f"verification failed: {exc.reason}", exc.reason
+            label,
+            "verification_failed",
+            401,
+            f"verification failed: {exc.reason}",
+            exc.reason,
+            **logged,
         )
     except VerificationUnavailable:
         return _refused(
@@ -79,6 +86,7 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
             503,
             "cannot verify deliveries right now, retry later",
             Retry_After="30",
+            **logged,
         )
     # Schemes without a delivery id (tokens): the same body is the same delivery.
     delivery_id = verified.delivery_id or body_digest(body)
@@ -87,6 +95,10 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     try:
         text = body.decode("utf-8")
         payload = strict_json.loads(text)
+    except strict_json.NotStrictJSON as exc:
+        # Python would take it, the worker could not store or broadcast it: refused
+        # here rather than parked as an error later. The message names the rule only.
+        return _refused(label, "invalid_json", 400, f"body is not JSON: {exc}", **ids)
     except ValueError:
         return _refused(label, "invalid_json", 400, "body is not JSON", **ids)
     if not isinstance(payload, dict):
@@ -132,6 +144,30 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     return jsonify(received=True), 202
 
 
+def _segment_is_a_job_id(handler, token: str | None) -> bool:
+    """Whether the URL's second segment may be logged as the job id.
+
+    On the URLs of a provider that takes a secret token (RunPod), a request
+    without the token segment (`/webhook/runpod/<token>`, the job id forgotten)
+    has the token where the job id belongs; an unknown or unconfigured provider
+    cannot say what its segments are. Either way the segment may be a secret.
+    """
+    if token is not None:
+        return True
+    return handler is not None and handler.verifier is not None and not handler.takes_url_token
+
+
+# Enough of a rejected id to recognise it; the URL may carry kilobytes of it.
+MAX_LOGGED_REJECTED_ID = 64
+
+
+def _shown(job_id: str | None) -> str | None:
+    """The job id as logged: whole when it is one, else its start, marked as cut."""
+    if job_id is None or JOB_ID.fullmatch(job_id) or len(job_id) <= MAX_LOGGED_REJECTED_ID:
+        return job_id
+    return job_id[:MAX_LOGGED_REJECTED_ID] + "…"
+
+
 def _count(provider: str, outcome: str, reason: str | None = None, **ids: str | None) -> None:
     """One metric sample and one log line per answered delivery."""
     DELIVERIES_RECEIVED.labels(provider, outcome).inc()
@@ -157,13 +193,7 @@ def _refused(
     delivery_id: str | None = None,
     **headers: str,
 ):
-    _count(
-        provider,
-        outcome,
-        reason,
-        job_id=job_id or request.view_args.get("job_id"),
-        delivery_id=delivery_id,
-    )
+    _count(provider, outcome, reason, job_id=job_id, delivery_id=delivery_id)
     return error(status, message, **headers)
 
 
