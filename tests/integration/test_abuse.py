@@ -36,6 +36,7 @@ from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
 from tests.support import free_port, logged_text, signed_headers, wait_for
+from webhook_ingest.state import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -798,7 +799,8 @@ def test_a_non_ascii_webhook_id_verifies_through_gunicorn_and_is_the_delivery_id
     assert first == 202, answer[-300:]
     assert again == 200
     assert store.llen(QUEUE) == queued + 1
-    assert store.exists(f"webhook_ingest:delivery:replicate:{msg_id}".encode())
+    # signed_request posts to /webhook/replicate/job-abc: the claim is that job's
+    assert store.exists(keys.delivery_claim("replicate", msg_id, "job-abc").encode())
 
 
 @pytest.mark.e2e
