@@ -11,6 +11,8 @@ must take for the delivery. Every signature is made as the provider documents it
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -202,19 +204,20 @@ class FalCase(ProviderCase):
 
 
 class RunPodCase(ProviderCase):
-    """RunPod signs nothing: a secret token in the webhook URL is the proof, so a
-    "tampered" delivery is one with another token, a rotation is two tokens
+    """RunPod signs nothing: a secret token in the webhook URL is the proof, the
+    job's own (base64url of HMAC-SHA256(secret, job id), issue 14 finding 7), so
+    a "tampered" delivery is one with another token, a rotation is two secrets
     configured, and the delivery's id is a digest of its body (RunPod resends the
-    same body)."""
+    same body). The shared token of the migration is tested in test_runpod.py."""
 
     name = "runpod"
 
     def __init__(self) -> None:
-        self.credentials = tuple("rp" + secrets.token_urlsafe(32) for _ in range(3))
+        self.credentials = tuple(secrets.token_urlsafe(32) for _ in range(3))
 
     def settings(self, api) -> dict[str, str | None]:
         current, previous, _ = self.credentials
-        return {"WEBHOOK_URL_TOKEN_RUNPOD": f"{current} {previous}"}
+        return {"WEBHOOK_URL_SECRET_RUNPOD": f"{current} {previous}"}
 
     def body(self, delivery_id: str) -> bytes:
         status = {"id": f"rp-{delivery_id}", "status": "COMPLETED", "delayTime": 120}
@@ -222,7 +225,7 @@ class RunPodCase(ProviderCase):
 
     def sign(self, credential, job_id, body, delivery_id, at) -> Sent:
         headers = {"Content-Type": "application/json"}
-        return Sent(f"{self.path(job_id)}/{credential}", body, headers)
+        return Sent(f"{self.path(job_id)}/{runpod_token(credential, job_id)}", body, headers)
 
     def delivery_id(self, sent: Sent) -> str:
         return body_digest(sent.body)
@@ -236,6 +239,12 @@ class RunPodCase(ProviderCase):
 
     def signs_the_time(self) -> bool:
         return False
+
+
+def runpod_token(secret: str, job_id: str) -> str:
+    """A job's URL token as the README documents it."""
+    mac = hmac.new(secret.encode(), job_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 class GitHubCase(ProviderCase):

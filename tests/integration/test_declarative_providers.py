@@ -374,6 +374,46 @@ def test_a_url_token_provider_puts_its_first_token_into_the_webhook_url(tmp_path
     assert config.url == f"https://hooks.example.com/webhook/acme/job-7/{token}"
 
 
+def test_a_url_token_provider_gets_per_job_tokens_from_its_url_secret(tmp_path, receiver_with):
+    """Issue 14, finding 7, for declarative providers: WEBHOOK_URL_SECRET_<NAME>
+    makes the URL token the job's own (base64url of HMAC-SHA256(secret, job id))."""
+    secret = secrets.token_urlsafe(32)
+    verification = {"scheme": "url-token", "token_env": "WEBHOOK_URL_TOKEN_ACME"}
+    path = write(tmp_path, {"providers": [acme(verification=verification)]})
+    receiver = receiver_with(
+        **declared(path, WEBHOOK_BASE_URL="https://hooks.example.com"),
+        WEBHOOK_URL_SECRET_ACME=secret,
+    )
+
+    def token(job_id: str) -> str:
+        mac = hmac.new(secret.encode(), job_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    url = receiver.services.providers["acme"].get_webhook_config("job-7").url
+    body = json.dumps({"job": {"id": "a-1", "state": "done"}}).encode()
+
+    assert url == f"https://hooks.example.com/webhook/acme/job-7/{token('job-7')}"
+    assert receiver.client.post(f"/webhook/acme/job-7/{token('job-7')}", data=body).status_code == (
+        202
+    )
+    assert receiver.client.post(f"/webhook/acme/job-8/{token('job-7')}", data=body).status_code == (
+        401
+    )
+
+
+def test_a_url_secret_and_another_token_variable_are_refused_together(tmp_path):
+    verification = {"scheme": "url-token", "token_env": "ACME_URL_TOKEN"}
+    path = write(tmp_path, {"providers": [acme(verification=verification)]})
+    environ = environ_for(
+        path,
+        ACME_URL_TOKEN=secrets.token_urlsafe(24),
+        WEBHOOK_URL_SECRET_ACME=secrets.token_urlsafe(32),
+    )
+
+    with pytest.raises(ConfigError, match="WEBHOOK_URL_SECRET_ACME"):
+        providers_of(environ)
+
+
 # -- apps on a private Redis -------------------------------------------------------------
 
 

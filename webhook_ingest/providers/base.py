@@ -25,17 +25,21 @@ from webhook_ingest.verification.tokens import (
     BasicAuthVerifier,
     BearerTokenVerifier,
     UrlTokenVerifier,
+    shared_tokens,
+    url_secrets,
 )
 
 if TYPE_CHECKING:
     from redis import Redis
 
 # Checks any provider may add, each from its own variable; all configured must pass.
+# The URL token is one check from two variables (Provider._url_token_check).
 _EXTRA_CHECKS = (
     ("WEBHOOK_BEARER_TOKEN_", BearerTokenVerifier),
     ("WEBHOOK_BASIC_AUTH_", BasicAuthVerifier),
-    ("WEBHOOK_URL_TOKEN_", UrlTokenVerifier),
 )
+URL_TOKEN_PREFIX = "WEBHOOK_URL_TOKEN_"  # noqa: S105 - a variable name; shared, migration only
+URL_SECRET_PREFIX = "WEBHOOK_URL_SECRET_"  # noqa: S105 - a variable name; per-job tokens
 
 
 class PayloadError(Exception):
@@ -172,6 +176,9 @@ class Provider(WebhookCapableConnector):
             value = self.environ.get(variable, "").strip()
             if value:
                 checks.append(scheme.from_env(value, variable))
+        url_token = self._url_token_check()
+        if url_token is not None:
+            checks.append(url_token)
         schemes = {check.scheme for check in checks}
         if {"bearer", "basic"} <= schemes:
             raise ConfigError(
@@ -181,6 +188,36 @@ class Provider(WebhookCapableConnector):
         if not checks:
             return None
         return checks[0] if len(checks) == 1 else AllOf(checks)
+
+    def _url_token_check(self) -> UrlTokenVerifier | None:
+        """The URL token check: per-job tokens from WEBHOOK_URL_SECRET_<PROVIDER>,
+        shared ones from WEBHOOK_URL_TOKEN_<PROVIDER>; either kind verifies."""
+        token_variable = env_name(self.name, prefix=URL_TOKEN_PREFIX)
+        secret_variable = env_name(self.name, prefix=URL_SECRET_PREFIX)
+        tokens = self.environ.get(token_variable, "").strip()
+        secrets = self.environ.get(secret_variable, "").strip()
+        if not tokens and not secrets:
+            return None
+        return UrlTokenVerifier(
+            shared_tokens(tokens, token_variable) if tokens else (),
+            url_secrets(secrets, secret_variable) if secrets else (),
+        )
+
+    def url_token_check(self) -> UrlTokenVerifier | None:
+        """The configured URL token check, wherever it sits in the verifier."""
+        verifiers = getattr(self.verifier, "verifiers", (self.verifier,))
+        return next((v for v in verifiers if isinstance(v, UrlTokenVerifier)), None)
+
+    def job_webhook_url(self, job_id: str) -> str | None:
+        """The URL to give the provider for `job_id`: what its submit sends (per job,
+        with the job's URL token for RunPod) or the project-level URL (OpenAI). None
+        when the provider takes no webhooks or no URL can be built yet (a URL token
+        provider with no token configured). A URL with a token is a secret."""
+        try:
+            config = self.get_webhook_config(job_id)
+        except ConfigError:
+            return None
+        return config.url if config is not None else None
 
     def _build_allowlist(self) -> tuple | None:
         """Networks deliveries may come from; None means any address."""

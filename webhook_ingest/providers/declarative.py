@@ -33,6 +33,8 @@ from webhook_ingest import strict_json
 from webhook_ingest.config import ConfigError, Settings
 from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
+    URL_SECRET_PREFIX,
+    URL_TOKEN_PREFIX,
     JobRef,
     JobRequest,
     PayloadError,
@@ -565,6 +567,8 @@ class DeclarativeProvider(Provider):
             return HmacVerifier.from_env(
                 spec.hmac, self.environ, spec.variable, self.settings.tolerance_seconds
             )
+        if spec.scheme == "url-token" and self._per_job_url_tokens(spec):
+            return None
         if spec.scheme in _TOKEN_SCHEMES and self._base_class_builds(spec):
             return None
         value = self.environ.get(spec.variable, "").strip()
@@ -579,6 +583,21 @@ class DeclarativeProvider(Provider):
     @property
     def configuration_hint(self) -> str:
         return self.spec.verification.variable
+
+    def _per_job_url_tokens(self, spec: VerificationSpec) -> bool:
+        """Whether WEBHOOK_URL_SECRET_<NAME> is set: the base class then builds the one
+        URL token check, from it and WEBHOOK_URL_TOKEN_<NAME> (the shared tokens,
+        while migrating); token_env may then be unset, or must be that variable."""
+        secret_variable = env_name(self.name, prefix=URL_SECRET_PREFIX)
+        if not self.environ.get(secret_variable, "").strip():
+            return False
+        shared_variable = env_name(self.name, prefix=URL_TOKEN_PREFIX)
+        if spec.variable != shared_variable and self.environ.get(spec.variable, "").strip():
+            raise ConfigError(
+                f"{secret_variable} is read with {shared_variable}, not {spec.variable}: "
+                f"name {shared_variable} in token_env, or unset {spec.variable}"
+            )
+        return True
 
     def _base_class_builds(self, spec: VerificationSpec) -> bool:
         """Whether the base class's WEBHOOK_<SCHEME>_<NAME> check is also set: the
@@ -626,24 +645,15 @@ class DeclarativeProvider(Provider):
         return super().api_key
 
     def get_webhook_config(self, job_id: str) -> WebhookConfig:
-        """With a URL token the URL carries it: treat the result as a secret then."""
+        """With a URL token the URL carries it (the job's own with
+        WEBHOOK_URL_SECRET_<NAME>): treat the result as a secret then."""
         path = [job_id]
-        token = self._url_token() if self.takes_url_token else None
-        if token:
-            path.append(token)
+        check = self.url_token_check()
+        if check is not None:
+            path.append(check.token_for(job_id))
         return WebhookConfig(
             url=self.webhook_url(*path), events=(), auth=self.spec.verification.scheme
         )
-
-    def _url_token(self) -> str | None:
-        spec = self.spec.verification
-        variable = (
-            spec.variable
-            if spec.scheme == "url-token"
-            else env_name(self.name, prefix="WEBHOOK_URL_TOKEN_")
-        )
-        tokens = self.environ.get(variable, "").split()
-        return tokens[0] if tokens else None
 
     def submit(self, job: JobRequest) -> str:
         raise NotImplementedError(

@@ -1,8 +1,11 @@
 """RunPod serverless: `"webhook"` in the `/run` body; the delivery is the job's status object.
 
 RunPod signs nothing and sends no headers of ours, so a secret token in the
-webhook URL's path is the only proof (`WEBHOOK_URL_TOKEN_RUNPOD`, checked by the
-base class's UrlTokenVerifier): `{WEBHOOK_BASE_URL}/webhook/runpod/{job_id}/{token}`.
+webhook URL's path is the only proof, checked by the base class's UrlTokenVerifier:
+`{WEBHOOK_BASE_URL}/webhook/runpod/{job_id}/{token}`. The token is the job's own,
+an HMAC of the job id under `WEBHOOK_URL_SECRET_RUNPOD` (issue 14, finding 7), so
+one job's URL proves nothing for another; `WEBHOOK_URL_TOKEN_RUNPOD`, one token
+for every job, is still accepted while set, as a migration path only.
 That URL is a secret: it is never logged here, and must not be by proxies either.
 A token proves who called, not when: there is no timestamp or delivery id, so the
 receiver de-duplicates on the body, which RunPod resends unchanged (twice, 10 s apart).
@@ -87,7 +90,7 @@ def update_from_status(job_status: dict[str, Any], job: JobRef, source: str) -> 
 
 class RunPodProvider(Provider):
     name = "runpod"
-    configuration_hint = "WEBHOOK_URL_TOKEN_RUNPOD"
+    configuration_hint = "WEBHOOK_URL_SECRET_RUNPOD"
     default_base_url = "https://api.runpod.ai/v2"
 
     def __init__(
@@ -107,7 +110,7 @@ class RunPodProvider(Provider):
         if self.environ.get(env_name(self.name, prefix="WEBHOOK_SECRET_"), "").strip():
             raise ConfigError(
                 "WEBHOOK_SECRET_RUNPOD: RunPod signs nothing; "
-                "set WEBHOOK_URL_TOKEN_RUNPOD to a long random token instead"
+                "set WEBHOOK_URL_SECRET_RUNPOD (per-job URL tokens) instead"
             )
         return None
 
@@ -115,7 +118,8 @@ class RunPodProvider(Provider):
         """Fail at start on a configuration RunPod's deliveries could never pass."""
         if self.verifier is not None and not self.takes_url_token:
             raise ConfigError(
-                "RunPod sends no headers we choose: WEBHOOK_URL_TOKEN_RUNPOD is its only proof"
+                "RunPod sends no headers we choose: a URL token is its only proof "
+                "(WEBHOOK_URL_SECRET_RUNPOD; WEBHOOK_URL_TOKEN_RUNPOD while migrating)"
             )
         if any(not _URL_SAFE_TOKEN.match(token) for token in self._url_tokens()):
             raise ConfigError(
@@ -135,14 +139,17 @@ class RunPodProvider(Provider):
     # -- connector --------------------------------------------------------------
 
     def get_webhook_config(self, job_id: str) -> WebhookConfig:
-        """The URL carries the first configured token: treat the result as a secret."""
-        tokens = self._url_tokens()
-        if not tokens:
+        """The URL carries the job's token (or, with only the shared token set, that
+        one): treat the result as a secret."""
+        check = self.url_token_check()
+        if check is None:
             raise ConfigError(
-                "WEBHOOK_URL_TOKEN_RUNPOD is not set: RunPod's webhooks could not be verified"
+                "neither WEBHOOK_URL_SECRET_RUNPOD nor WEBHOOK_URL_TOKEN_RUNPOD is set: "
+                "RunPod's webhooks could not be verified"
             )
         # RunPod has no event filter: one call when the job reaches a final status.
-        return WebhookConfig(url=self.webhook_url(job_id, tokens[0]), events=(), auth="url-token")
+        token = check.token_for(job_id)
+        return WebhookConfig(url=self.webhook_url(job_id, token), events=(), auth="url-token")
 
     def submit(self, job: JobRequest) -> str:
         """`params`: `input`, optionally `endpoint_id` and RunPod's other `/run` fields

@@ -1,7 +1,8 @@
 """What every verification scheme shares: its error, its result, its shape.
 
 A verifier proves a delivery authentic from the raw body bytes, the headers and
-(for providers that sign nothing) a secret token in the URL. It raises only
+(for providers that sign nothing) a secret token in the URL, which may be bound
+to the job id of the same URL (`job_id`). It raises only
 `VerificationError`, whose `reason` is safe to show, log and count: it never
 contains a secret, a token or a signature.
 """
@@ -52,6 +53,7 @@ class Verifier(Protocol):
         headers: Mapping[str, str],
         *,
         url_token: str | None = None,
+        job_id: str | None = None,
         now: float | None = None,
     ) -> Verified: ...
 
@@ -117,10 +119,10 @@ class AllOf:
         self.verifiers = tuple(verifiers)
         self.scheme = "+".join(v.scheme for v in self.verifiers)
 
-    def verify(self, body, headers, *, url_token=None, now=None) -> Verified:
+    def verify(self, body, headers, *, url_token=None, job_id=None, now=None) -> Verified:
         delivery_id = timestamp = None
         for verifier in self.verifiers:
-            proof = verifier.verify(body, headers, url_token=url_token, now=now)
+            proof = verifier.verify(body, headers, url_token=url_token, job_id=job_id, now=now)
             delivery_id = delivery_id or proof.delivery_id
             timestamp = timestamp or proof.timestamp
         return Verified(delivery_id=delivery_id, timestamp=timestamp)

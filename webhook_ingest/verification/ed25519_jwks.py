@@ -335,6 +335,7 @@ class Ed25519JwksVerifier:
         headers: Mapping[str, str],
         *,
         url_token: str | None = None,
+        job_id: str | None = None,
         now: float | None = None,
     ) -> Verified:
         # Everything that needs no key first: malformed or stale deliveries never

@@ -169,6 +169,7 @@ class HmacVerifier:
         headers: Mapping[str, str],
         *,
         url_token: str | None = None,
+        job_id: str | None = None,
         now: float | None = None,
     ) -> Verified:
         # Cheap refusals first: a malformed or stale delivery costs no HMAC.

@@ -81,6 +81,7 @@ class StandardWebhooksVerifier:
         headers: Mapping[str, str],
         *,
         url_token: str | None = None,
+        job_id: str | None = None,
         now: float | None = None,
     ) -> Verified:
         header = headers.get("webhook-id", "")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
 
 from webhook_ingest.config import ConfigError
 from webhook_ingest.verification.base import VerificationError, Verified, matches_any
+from webhook_ingest.weak_tokens import weakness
 
 MIN_TOKEN_LENGTH = 16  # shorter secrets are guessable over the internet
 
@@ -34,6 +37,11 @@ def _tokens(value: str, variable: str) -> list[bytes]:
     return tokens
 
 
+def shared_tokens(value: str, variable: str) -> list[bytes]:
+    """Tokens that are the same for every request (bearer, a shared URL token)."""
+    return _tokens(value, variable)
+
+
 class BearerTokenVerifier:
     """`Authorization: Bearer <token>`, any of the configured tokens."""
 
@@ -47,7 +55,7 @@ class BearerTokenVerifier:
         return cls(_tokens(value, variable))
 
     def verify(
-        self, body: bytes, headers: Mapping[str, str], *, url_token=None, now=None
+        self, body: bytes, headers: Mapping[str, str], *, url_token=None, job_id=None, now=None
     ) -> Verified:
         scheme, _, given = headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
@@ -73,7 +81,7 @@ class BasicAuthVerifier:
         return cls([pair.encode() for pair in pairs])
 
     def verify(
-        self, body: bytes, headers: Mapping[str, str], *, url_token=None, now=None
+        self, body: bytes, headers: Mapping[str, str], *, url_token=None, job_id=None, now=None
     ) -> Verified:
         scheme, _, encoded = headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "basic" or not encoded:
@@ -87,8 +95,47 @@ class BasicAuthVerifier:
         return Verified()
 
 
+MIN_URL_SECRET_LENGTH = 32  # an HMAC key: at least 32 characters of randomness
+
+
+def job_url_token(secret: bytes, job_id: str) -> str:
+    """The URL token of one job: base64url (no padding) of HMAC-SHA256(secret, job id).
+
+    43 characters of `A-Za-z0-9_-`, a valid path segment as is. Anyone holding it
+    can post for that job only; without the secret no other job's token follows.
+    """
+    mac = hmac.new(secret, job_id.encode("utf-8", "surrogateescape"), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+
+def url_secrets(value: str, variable: str) -> list[bytes]:
+    """The per-job URL secrets of `variable`, validated: several during a rotation."""
+    secrets = value.split()
+    if not secrets:
+        raise ConfigError(f"{variable}: no secret given")
+    for secret in secrets:
+        if len(secret) < MIN_URL_SECRET_LENGTH:
+            raise ConfigError(
+                f"{variable}: secrets must be at least {MIN_URL_SECRET_LENGTH} characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        if weakness(secret):
+            raise ConfigError(f"{variable}: a secret {weakness(secret)}")
+    return [secret.encode() for secret in secrets]
+
+
 class UrlTokenVerifier:
     """A secret token in the webhook URL's path (RunPod signs nothing).
+
+    Two kinds of token, either accepted:
+
+    - per job (`secrets`, from WEBHOOK_URL_SECRET_<PROVIDER>): the token of
+      `/webhook/<provider>/<job_id>/<token>` must be `job_url_token(secret, job_id)`
+      for one of the secrets and the job id of the same URL, so a URL given out
+      for one job proves nothing for another;
+    - shared (`tokens`, from WEBHOOK_URL_TOKEN_<PROVIDER>): one token for every
+      job, kept only as a migration path — whoever holds one URL can post for
+      every job while it is configured.
 
     The token is part of the URL the provider was given, so it must never be
     logged: the receiver does not log paths, and gunicorn's access log is off.
@@ -96,18 +143,35 @@ class UrlTokenVerifier:
 
     scheme = "url-token"
 
-    def __init__(self, tokens: Sequence[bytes]) -> None:
+    def __init__(self, tokens: Sequence[bytes] = (), secrets: Sequence[bytes] = ()) -> None:
+        if not tokens and not secrets:
+            raise ValueError("a URL token verifier needs tokens or secrets")
         self._tokens = tuple(tokens)
+        self._secrets = tuple(secrets)
 
     @classmethod
     def from_env(cls, value: str, variable: str) -> UrlTokenVerifier:
         return cls(_tokens(value, variable))
 
+    @property
+    def per_job(self) -> bool:
+        return bool(self._secrets)
+
+    def token_for(self, job_id: str) -> str:
+        """The token to put into the URL of `job_id`: per job under the first secret
+        when one is configured, else the first shared token."""
+        if self._secrets:
+            return job_url_token(self._secrets[0], job_id)
+        return self._tokens[0].decode()
+
     def verify(
-        self, body: bytes, headers: Mapping[str, str], *, url_token=None, now=None
+        self, body: bytes, headers: Mapping[str, str], *, url_token=None, job_id=None, now=None
     ) -> Verified:
         if not url_token:
             raise VerificationError("missing URL token")
-        if not matches_any(_as_bytes(url_token), self._tokens):
+        candidates = list(self._tokens)
+        if job_id:
+            candidates += [job_url_token(secret, job_id).encode() for secret in self._secrets]
+        if not matches_any(_as_bytes(url_token), candidates):
             raise VerificationError("invalid URL token")
         return Verified()

@@ -72,7 +72,15 @@ def register_job():
     if outcome is Registration.CONFLICT:
         return error(409, "job or external id already mapped differently")
     status = 201 if outcome is Registration.CREATED else 200
-    return jsonify(registered=True, created=outcome is Registration.CREATED, **job), status
+    # The URL to give the provider for this job (a secret when it carries a token):
+    # submitters never build it by hand. None for a provider without webhooks.
+    webhook_url = services.providers[job["provider"]].job_webhook_url(job["job_id"])
+    return jsonify(
+        registered=True,
+        created=outcome is Registration.CREATED,
+        webhook_url=webhook_url,
+        **job,
+    ), status
 
 
 @blueprint.get("/jobs/<job_id>")

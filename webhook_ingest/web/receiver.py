@@ -68,7 +68,8 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
         _count(label, "malformed_body", **logged)
         raise
     try:
-        verified = handler.verifier.verify(body, request.headers, url_token=token)
+        # the job id of the same URL: a per-job URL token must be that job's
+        verified = handler.verifier.verify(body, request.headers, url_token=token, job_id=job_id)
     except VerificationError as exc:
         VERIFICATION_FAILURES.labels(label, exc.reason).inc()
         return _refused(
