@@ -141,7 +141,8 @@ class SingleScriptHandoff(Handoff):
         (on `queue`, the main queue unless given)."""
         task_id = str(uuid.uuid4())
         headers_argsrepr = argsrepr(delivery)
-        body = json.dumps([[delivery.to_message()], {}, self._embed])
+        # UTF-8, as Celery's json serializer writes it here (broker.utf8_json)
+        body = json.dumps([[delivery.to_message()], {}, self._embed], ensure_ascii=False)
         return json.dumps(
             {
                 "body": base64.b64encode(body.encode()).decode("ascii"),
