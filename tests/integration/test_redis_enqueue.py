@@ -184,3 +184,27 @@ def test_a_delivery_for_a_job_with_no_mapping_goes_to_the_unmatched_queue(receiv
     assert ours["properties"]["delivery_info"] == by_kombu["properties"]["delivery_info"]
     args = json.loads(base64.b64decode(ours["body"]))[0]
     assert Delivery.from_message(args[0]).job_id == "job-unknown"
+
+
+def test_the_three_step_path_queues_apart_too(receiver_with, own_redis):
+    """With a broker on another Redis server (or RabbitMQ), the receiver publishes
+    through kombu, and a job with no mapping still goes to the unmatched queue."""
+    import redis
+
+    from celeryconfig import QUEUE as MAIN
+    from celeryconfig import UNMATCHED_QUEUE
+
+    receiver = receiver_with(broker_url=own_redis.url)
+    receiver.raw.flushall()
+    assert isinstance(receiver.client.application.extensions["handoff"], JournalThenPublishHandoff)
+    receiver.register("job-known", "replicate", "p-known")
+    for job in ("job-known", "job-unknown"):
+        body = body_of({"id": f"p-{job}", "status": "processing"})
+        answer = receiver.client.post(
+            f"/webhook/replicate/{job}", data=body, headers=signed_headers(REPLICATE_SECRET, body)
+        )
+        assert answer.status_code == 202
+
+    broker = redis.Redis.from_url(own_redis.url)
+    assert (broker.llen(MAIN), broker.llen(UNMATCHED_QUEUE)) == (1, 1)
+    broker.close()
