@@ -12,9 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from kombu import Exchange, Queue
+
 from webhook_ingest.config import Settings
 
 QUEUE = "webhook_ingest"
+# Retries of deliveries whose job is not registered yet (workers.tasks): a queue
+# of their own, so a flood of deliveries for unknown jobs retrying for
+# UNMATCHED_RETRY_SECONDS never stands in line before a first attempt (issue 14,
+# finding 4). Every worker consumes both (task_queues below; no -Q anywhere);
+# on Redis the worker takes from it only while the main queue is empty.
+UNMATCHED_QUEUE = "webhook_ingest.unmatched"
 
 # Task names are the messages' names on the broker: a rename strands queued
 # messages of the old name during an upgrade, so they never change. They live
@@ -102,6 +110,9 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "broker_connection_max_retries": None,
         "task_default_queue": QUEUE,
         "task_create_missing_queues": True,
+        # The main queue first: its order is what the Redis transport's
+        # queue_order_strategy keys on (below).
+        "task_queues": _queues(settings),
         # Task events exist for Flower only: off unless a Flower switches them on
         # (it does, every few seconds, while it runs; workers.flower), so the
         # pipeline pays for no event messages nobody reads. "sent" events would
@@ -120,6 +131,17 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         **_beat(settings),
     }
     return conf
+
+
+def _queues(settings: Settings) -> tuple[Queue, ...]:
+    """Both queues, each on a direct exchange of its own name (what Celery creates
+    for a missing queue, so messages queued before this existed still route);
+    RabbitMQ: quorum queues, like the default one."""
+    arguments = None if is_redis_broker(settings) else {"x-queue-type": "quorum"}
+    return tuple(
+        Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments)
+        for name in (QUEUE, UNMATCHED_QUEUE)
+    )
 
 
 def _broker_transport(settings: Settings, visibility_timeout: int) -> dict[str, Any]:
@@ -167,6 +189,12 @@ def _broker_transport(settings: Settings, visibility_timeout: int) -> dict[str, 
             "socket_timeout": 2,
             "retry_on_timeout": False,
             "health_check_interval": 30,
+            # One BRPOP over both queues returns from the first non-empty key in
+            # this order: sorted by name puts "webhook_ingest" before
+            # "webhook_ingest.unmatched", so first attempts never wait behind
+            # unmatched retries (kombu's default round robin alternates them).
+            # The retries wait while the main queue has work: they are retries.
+            "queue_order_strategy": "sorted",
         },
     }
 

@@ -366,6 +366,14 @@ def environ_with(**overrides: object) -> dict[str, str]:
 
 
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue
+# celeryconfig.UNMATCHED_QUEUE: where the receiver queues a delivery whose job has no mapping
+UNMATCHED_QUEUE = "webhook_ingest.unmatched"
+
+
+def queued_in(broker: redis.Redis) -> int:
+    """Deliveries waiting on the broker's two queues: the receiver puts those for a
+    job with no mapping on the unmatched one (issue 14, finding 4)."""
+    return broker.llen(QUEUE) + broker.llen(UNMATCHED_QUEUE)
 
 
 @dataclass
@@ -405,14 +413,15 @@ class Receiver:
         return {k: self.raw.dump(k) for k in self.raw.keys("*") if not k.startswith(skipped)}
 
     def queued(self) -> int:
-        """Deliveries waiting on the broker's queue, where the state Redis is the broker."""
-        return self.raw.llen(QUEUE)
+        """Deliveries waiting on the broker's queues (the main one and the unmatched
+        one), where the state Redis is the broker."""
+        return queued_in(self.raw)
 
     def take_queued(self):
         """The oldest queued delivery (a handoff Delivery), as a worker would receive it."""
         from webhook_ingest.handoff.delivery import Delivery
 
-        raw = self.redis.rpop(QUEUE)
+        raw = self.redis.rpop(QUEUE) or self.redis.rpop(UNMATCHED_QUEUE)
         assert raw is not None, "nothing was queued"
         args, _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
         return Delivery.from_message(args[0])

@@ -75,6 +75,8 @@ class Settings:
     dedup_ttl_seconds: int
     unmatched_retry_seconds: int
     dead_letter_ttl_seconds: int
+    dead_letter_max_per_provider: int
+    dead_letter_max_bytes_per_provider: int
     raw_retention_seconds: int
     journal_redrive_after_seconds: int
     journal_redrive_interval_seconds: int
@@ -201,6 +203,13 @@ class SettingsSchema(Schema):
     dedup_ttl_seconds = _int("DELIVERY_DEDUP_TTL_SECONDS", DEFAULT_DEDUP_TTL_SECONDS, _positive)
     unmatched_retry_seconds = _int("UNMATCHED_RETRY_SECONDS", 300, _positive)
     dead_letter_ttl_seconds = _int("DEAD_LETTER_TTL_SECONDS", 14 * 24 * 3600, _positive)
+    # Dead letters kept per provider at most, by count and by bytes (their stored
+    # fields); parking past either drops that provider's oldest (issue 14,
+    # finding 4: a flood of unmatched deliveries parked 13,824 letters, no cap).
+    dead_letter_max_per_provider = _int("DEAD_LETTER_MAX_PER_PROVIDER", 10_000, _positive)
+    dead_letter_max_bytes_per_provider = _int(
+        "DEAD_LETTER_MAX_BYTES_PER_PROVIDER", 256 * 1024 * 1024, validate.Range(min=1024)
+    )
     # A debug window of every verified delivery as received; 0 keeps none (the default).
     raw_retention_seconds = _int("RAW_RETENTION_SECONDS", 0, validate.Range(min=0))
     # An acknowledged delivery not finished this long after it was accepted (or

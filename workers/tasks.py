@@ -15,7 +15,9 @@ from celeryconfig import (
     INGEST_TASK,
     POLL_JOB_TASK,
     POLL_ORPHANS_TASK,
+    QUEUE,
     REDRIVE_JOURNAL_TASK,
+    UNMATCHED_QUEUE,
 )
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.publish import EnqueueFailed, argsrepr, enqueue
@@ -82,7 +84,9 @@ def _ingest(task, delivery: Delivery, svc: Services, context: dict) -> str:
             return _park(delivery, "unmatched", exc, attempts)
         log.info("job not registered yet, retrying", extra=context)
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
-        _retry(task, svc, delivery, retries.countdown(svc.settings, task.request.retries))
+        # on a queue of its own: a flood of these must not delay matched deliveries
+        countdown = retries.countdown(svc.settings, task.request.retries)
+        _retry(task, svc, delivery, countdown, queue=UNMATCHED_QUEUE)
     except ProviderUnavailable as exc:
         if attempts >= retries.PROVIDER_MAX_ATTEMPTS:
             return _park(delivery, "provider_unavailable", exc, attempts)
@@ -115,8 +119,15 @@ def _ingest(task, delivery: Delivery, svc: Services, context: dict) -> str:
     return outcome
 
 
-def _retry(task, svc: Services, delivery: Delivery, countdown: float) -> NoReturn:
+def _retry(
+    task, svc: Services, delivery: Delivery, countdown: float, queue: str = QUEUE
+) -> NoReturn:
     """Retry an acknowledged delivery without ever dropping it.
+
+    On `queue`: the main one, or UNMATCHED_QUEUE for a job not registered yet
+    (celeryconfig). Named every time, or a retry would follow the queue its
+    attempt came from: a delivery whose job got registered meanwhile belongs
+    back on the main queue.
 
     Its journal record is first made due after the retry had its chance, so beat
     does not redrive a delivery that is only waiting (best effort: with Redis
@@ -139,7 +150,7 @@ def _retry(task, svc: Services, delivery: Delivery, countdown: float) -> NoRetur
         # events show) defaults to the repr of the whole delivery, body and headers:
         # every attempt shows the same short form the receiver gave the first one.
         shown = {"argsrepr": argsrepr(delivery), "kwargsrepr": "{}"}
-        raise task.retry(countdown=countdown, **shown) from None
+        raise task.retry(countdown=countdown, queue=queue, **shown) from None
     except Reject as rejected:
         raise Reject(rejected.reason, requeue=True) from None
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from tests.conftest import REPLICATE_SECRET
-from tests.support import PrivateRedis, Receiver, body_of, signed_headers
+from tests.support import PrivateRedis, Receiver, body_of, queued_in, signed_headers
 from webhook_ingest.clock import now_ms
 from webhook_ingest.handoff.publish import enqueue
 from webhook_ingest.state import keys
@@ -64,7 +64,7 @@ def readyz(receiver: Receiver):
 def queued(server: PrivateRedis) -> int:
     client = redis.Redis(port=server.port)
     try:
-        return client.llen(QUEUE)
+        return queued_in(client)
     finally:
         client.close()
 

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
-from tests.support import QUEUE, Receiver, environ_with, signed_headers
+from tests.support import Receiver, environ_with, queued_in, signed_headers
 from webhook_ingest.config import ConfigError
 from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
@@ -206,12 +206,12 @@ def test_limiter_and_state_down_with_a_working_broker_is_503_from_the_claim_not_
 
     assert_json_error(response, 503, headers)
     assert "state store" in response.get_json()["error"]
-    assert broker.llen(QUEUE) == 0, "nothing may be enqueued without a claim"
+    assert queued_in(broker) == 0, "nothing may be enqueued without a claim"
 
     own_redis.start()  # same port: the same app recovers without a restart
     response, _ = deliver(app)
     assert response.status_code == 202, response.get_data(as_text=True)
-    assert broker.llen(QUEUE) == 1
+    assert queued_in(broker) == 1
     broker.close()
 
 

@@ -29,7 +29,15 @@ import redis
 from standardwebhooks.webhooks import Webhook, hmac_data
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_OLD_SECRET, REPLICATE_SECRET
-from tests.support import PrivateRedis, Subscriber, body_of, celery_for, signed_headers, wait_for
+from tests.support import (
+    PrivateRedis,
+    Subscriber,
+    body_of,
+    celery_for,
+    queued_in,
+    signed_headers,
+    wait_for,
+)
 from webhook_ingest.config import ConfigError
 from webhook_ingest.handoff import JournalThenPublishHandoff, SingleScriptHandoff, build_handoff
 from webhook_ingest.observability.json_logs import JsonFormatter
@@ -62,7 +70,7 @@ class Isolated:
         }
 
     def queued(self) -> int:
-        return self.redis.llen(QUEUE)
+        return queued_in(self.redis)
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,8 @@ def test_claim_and_queue_change_together(services, broker, redis_client):
     app, reader = broker
     direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60, services.journal)
     first, second = delivery(1), delivery(2)
+    for sample in (first, second):  # registered: for the main queue (test below)
+        services.jobs.register(sample.job_id, "replicate", f"ext-{sample.delivery_id}")
     claim_key = keys.delivery_claim("replicate", second.delivery_id, second.job_id)
     redis_client.set(claim_key, PENDING)  # another request is enqueueing it (three-step path)
 
@@ -158,3 +160,51 @@ def test_with_the_broker_on_another_server_the_three_step_path_still_acknowledge
     ]
 
     assert answers == [202, 200]
+
+
+def test_a_delivery_for_a_job_with_no_mapping_goes_to_the_unmatched_queue(receiver_with):
+    """Issue 14, finding 4: first attempts for unknown jobs queue apart from the
+    rest, in the message kombu writes for send_task(..., queue=UNMATCHED_QUEUE)."""
+    from celeryconfig import QUEUE as MAIN
+    from celeryconfig import UNMATCHED_QUEUE
+
+    receiver = receiver_with()  # its own Redis as state and broker: no worker reads it
+    receiver.register("job-known", "replicate", "p-known")
+    for job in ("job-known", "job-unknown"):
+        body = body_of({"id": f"p-{job}", "status": "processing"})
+        answer = receiver.client.post(
+            f"/webhook/replicate/{job}", data=body, headers=signed_headers(REPLICATE_SECRET, body)
+        )
+        assert answer.status_code == 202
+
+    assert (receiver.raw.llen(MAIN), receiver.raw.llen(UNMATCHED_QUEUE)) == (1, 1)
+    ours = json.loads(receiver.raw.rpop(UNMATCHED_QUEUE))
+    receiver.celery.send_task("webhook_ingest.ingest", args=[{}], queue=UNMATCHED_QUEUE)
+    by_kombu = json.loads(receiver.raw.rpop(UNMATCHED_QUEUE))
+    assert ours["properties"]["delivery_info"] == by_kombu["properties"]["delivery_info"]
+    args = json.loads(base64.b64decode(ours["body"]))[0]
+    assert Delivery.from_message(args[0]).job_id == "job-unknown"
+
+
+def test_the_three_step_path_queues_apart_too(receiver_with, own_redis):
+    """With a broker on another Redis server (or RabbitMQ), the receiver publishes
+    through kombu, and a job with no mapping still goes to the unmatched queue."""
+    import redis
+
+    from celeryconfig import QUEUE as MAIN
+    from celeryconfig import UNMATCHED_QUEUE
+
+    receiver = receiver_with(broker_url=own_redis.url)
+    receiver.raw.flushall()
+    assert isinstance(receiver.client.application.extensions["handoff"], JournalThenPublishHandoff)
+    receiver.register("job-known", "replicate", "p-known")
+    for job in ("job-known", "job-unknown"):
+        body = body_of({"id": f"p-{job}", "status": "processing"})
+        answer = receiver.client.post(
+            f"/webhook/replicate/{job}", data=body, headers=signed_headers(REPLICATE_SECRET, body)
+        )
+        assert answer.status_code == 202
+
+    broker = redis.Redis.from_url(own_redis.url)
+    assert (broker.llen(MAIN), broker.llen(UNMATCHED_QUEUE)) == (1, 1)
+    broker.close()

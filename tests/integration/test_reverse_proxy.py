@@ -27,6 +27,7 @@ from tests.edge import (
     new_job_id,
     register,
 )
+from tests.support import queued_in
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +60,7 @@ def test_a_signed_delivery_through_nginx_is_accepted_as_coming_from_the_client(e
     web, nginx, store = edge
     job_id = new_job_id()
     register(web.port, job_id)
-    queued = store.llen(QUEUE)
+    queued = queued_in(store)
 
     through_nginx = deliver(nginx.port, job_id, source=CLIENT, timeout=5)
     # A stranger naming the client in its own X-Forwarded-For: nginx replaces it.
@@ -77,7 +78,7 @@ def test_a_signed_delivery_through_nginx_is_accepted_as_coming_from_the_client(e
     assert json.loads(through_nginx[2]) == {"received": True}
     assert forged[0] == 403, forged
     assert direct[0] == 403, direct
-    assert store.llen(QUEUE) == queued + 1
+    assert queued_in(store) == queued + 1
 
 
 def test_operator_endpoints_are_not_served_through_nginx(edge):
@@ -92,7 +93,7 @@ def test_operator_endpoints_are_not_served_through_nginx(edge):
 def test_a_body_over_max_body_bytes_gets_413_from_nginx_and_one_at_it_is_accepted(edge, chunked):
     web, nginx, store = edge
     job_id = new_job_id()
-    queued = store.llen(QUEUE)
+    queued = queued_in(store)
     logged = len(web.logged())
 
     at_limit = deliver(
@@ -107,7 +108,7 @@ def test_a_body_over_max_body_bytes_gets_413_from_nginx_and_one_at_it_is_accepte
     assert at_limit[0] == 202, at_limit
     assert over[0] == 413, over
     assert json.loads(over[2]) == {"error": "body too large"}
-    assert store.llen(QUEUE) == queued + 1
+    assert queued_in(store) == queued + 1
     assert "too_large" not in web.logged()[logged:], "the receiver never saw the large body"
 
 

@@ -46,4 +46,4 @@ def build_handoff(
         return SingleScriptHandoff(
             client, celery_app, settings.redis_url, settings.dedup_ttl_seconds, journal
         )
-    return JournalThenPublishHandoff(claims, journal, celery_app)
+    return JournalThenPublishHandoff(claims, journal, celery_app, client)

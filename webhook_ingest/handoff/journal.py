@@ -63,7 +63,8 @@ class Journal:
         return (
             delivery.journal_member,
             now_ms() + self.redrive_after_ms,
-            json.dumps(journaled.to_message()),
+            # UTF-8: an escaped non-ASCII body would take three to six times its size
+            json.dumps(journaled.to_message(), ensure_ascii=False),
         )
 
     def open(self, delivery: Delivery) -> None:

@@ -11,24 +11,47 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import redis
 from celery import Celery
 
+from celeryconfig import UNMATCHED_QUEUE
 from webhook_ingest.handoff.base import Handoff
 from webhook_ingest.handoff.claims import Claim, DeliveryClaims
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import enqueue
+from webhook_ingest.state import keys
 
 
 class JournalThenPublishHandoff(Handoff):
-    def __init__(self, claims: DeliveryClaims, journal: Journal, celery_app: Celery) -> None:
+    def __init__(
+        self,
+        claims: DeliveryClaims,
+        journal: Journal,
+        celery_app: Celery,
+        client: redis.Redis | None = None,
+    ) -> None:
         self._claims = claims
         self._journal = journal
         self._celery = celery_app
+        self._redis = client
 
     def accept(self, delivery: Delivery) -> Claim:
         delivery = replace(delivery, journaled=True)
         claim = self._claims.claim(delivery, self._journal.record(delivery))
         if claim is Claim.NEW:
-            enqueue(self._celery, delivery)  # EnqueueFailed: 503, the journal keeps it
+            # EnqueueFailed: 503, the journal keeps it
+            enqueue(self._celery, delivery, self._queue_for(delivery))
         return claim
+
+    def _queue_for(self, delivery: Delivery) -> str | None:
+        """The unmatched queue for a job with no mapping (as single_script does:
+        a flood of those must not queue before registered jobs' deliveries); the
+        default queue otherwise, or when the state Redis cannot say."""
+        if self._redis is None or not delivery.job_id:
+            return None
+        try:
+            registered = self._redis.exists(keys.job_mapping(delivery.job_id))
+        except redis.RedisError:
+            return None
+        return None if registered else UNMATCHED_QUEUE

@@ -21,12 +21,15 @@ class EnqueueFailed(Exception):
     """The broker did not take the delivery."""
 
 
-def enqueue(celery_app: Celery, delivery: Delivery) -> None:
+def enqueue(celery_app: Celery, delivery: Delivery, queue: str | None = None) -> None:
+    """Publish `delivery` on `queue` (the task's default queue unless given)."""
+    options = {"queue": queue} if queue else {}
     try:
         celery_app.send_task(
             INGEST_TASK,
             args=[delivery.to_message()],
             argsrepr=argsrepr(delivery),
+            **options,
         )
     except Exception as exc:  # any failure to publish must become a 503, never a 2xx
         log.warning("enqueue failed: %s", type(exc).__name__)

@@ -31,7 +31,7 @@ from celery import Celery
 from kombu.transport import redis as kombu_redis
 from kombu.transport import resolve_transport
 
-from celeryconfig import INGEST_TASK
+from celeryconfig import INGEST_TASK, UNMATCHED_QUEUE
 from webhook_ingest.handoff.base import Handoff
 from webhook_ingest.handoff.claims import (
     CLAIM_AND_JOURNAL_LUA,
@@ -43,15 +43,28 @@ from webhook_ingest.handoff.claims import (
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import argsrepr
+from webhook_ingest.state import keys as state_keys
+
+# Stands for the queue's name in the message until the script picks the queue:
+# random per process, so no delivery's text (its id shows in argsrepr) holds it.
+_QUEUE_MARK = f"queue-{uuid.uuid4().hex}"
 
 # Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-3], ARGV[1-5]), then
-# the push. KEYS[4]: queue list. ARGV[6-8]: broker message, broker db, state db.
+# the push. KEYS[4-6]: main queue, unmatched queue, the job's mapping ("" when the
+# URL names no job). ARGV[6-9]: broker message before and after its queue's name
+# (delivery_info.routing_key), broker db, state db.
+# A delivery for a job with no mapping goes to the unmatched queue from its first
+# attempt (celeryconfig.UNMATCHED_QUEUE): a flood of them must not stand in line
+# before deliveries for registered jobs (issue 14, finding 4). The worker applies
+# it all the same if the job is registered by the time it runs.
 _CLAIM_AND_PUSH_LUA = (
     CLAIM_AND_JOURNAL_LUA
     + """
-local broker_db, state_db = tonumber(ARGV[7]), tonumber(ARGV[8])
+local queue = KEYS[4]
+if KEYS[6] ~= '' and redis.call('EXISTS', KEYS[6]) == 0 then queue = KEYS[5] end
+local broker_db, state_db = tonumber(ARGV[8]), tonumber(ARGV[9])
 if broker_db ~= state_db then redis.call('SELECT', broker_db) end
-redis.call('LPUSH', KEYS[4], ARGV[6])
+redis.call('LPUSH', queue, ARGV[6] .. queue .. ARGV[7])
 if broker_db ~= state_db then redis.call('SELECT', state_db) end
 return 'enqueued'
 """
@@ -109,22 +122,27 @@ class SingleScriptHandoff(Handoff):
 
     def accept(self, delivery: Delivery) -> Claim:
         delivery = replace(delivery, journaled=True)
+        before, after = self.message(delivery, _QUEUE_MARK).split(_QUEUE_MARK)
+        mapping = state_keys.job_mapping(delivery.job_id) if delivery.job_id else ""
         reply = self._script(
-            keys=[*claim_keys(delivery), self._queue],
+            keys=[*claim_keys(delivery), self._queue, UNMATCHED_QUEUE, mapping],
             args=[
                 *claim_args(self._ttl, self._journal.record(delivery)),
-                self.message(delivery),
+                before,
+                after,
                 self._broker_db,
                 self._state_db,
             ],
         )
         return OUTCOMES[reply if isinstance(reply, str) else reply.decode()]
 
-    def message(self, delivery: Delivery) -> str:
-        """The JSON kombu's Redis transport stores for `send_task(INGEST_TASK, [message])`."""
+    def message(self, delivery: Delivery, queue: str | None = None) -> str:
+        """The JSON kombu's Redis transport stores for `send_task(INGEST_TASK, [message])`
+        (on `queue`, the main queue unless given)."""
         task_id = str(uuid.uuid4())
         headers_argsrepr = argsrepr(delivery)
-        body = json.dumps([[delivery.to_message()], {}, self._embed])
+        # UTF-8, as Celery's json serializer writes it here (broker.utf8_json)
+        body = json.dumps([[delivery.to_message()], {}, self._embed], ensure_ascii=False)
         return json.dumps(
             {
                 "body": base64.b64encode(body.encode()).decode("ascii"),
@@ -142,7 +160,7 @@ class SingleScriptHandoff(Handoff):
                     # Celery copies it here too (publish options end up as properties)
                     "argsrepr": headers_argsrepr,
                     "delivery_mode": 2,  # persistent
-                    "delivery_info": {"exchange": "", "routing_key": self._queue},
+                    "delivery_info": {"exchange": "", "routing_key": queue or self._queue},
                     "priority": 0,
                     "body_encoding": "base64",
                     "delivery_tag": str(uuid.uuid4()),

@@ -69,6 +69,12 @@ DEAD_LETTERED = Counter(
     "Deliveries parked as dead letters, by provider and reason.",
     ["provider", "reason"],
 )
+DEAD_LETTERS_DROPPED = Counter(
+    "webhook_dead_letters_dropped_total",
+    "Dead letters dropped, oldest first, to keep a provider within "
+    "DEAD_LETTER_MAX_PER_PROVIDER and DEAD_LETTER_MAX_BYTES_PER_PROVIDER.",
+    ["provider"],
+)
 
 # -- orphan recovery and provider APIs ---------------------------------------------
 

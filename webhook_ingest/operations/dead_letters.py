@@ -7,6 +7,13 @@ normal path; the state function's per-job delivery ids keep a replay idempotent.
 
 Records expire by themselves; the index (a zset by parked time) does not, so
 every walk over it drops the ids whose record is gone.
+
+Each provider keeps at most `DEAD_LETTER_MAX_PER_PROVIDER` letters and
+`DEAD_LETTER_MAX_BYTES_PER_PROVIDER` bytes (what a letter stores): parking past
+either drops that provider's oldest in the same transaction as the park,
+counted in `webhook_dead_letters_dropped_total{provider}`. The letter just
+parked is always kept, even alone over the byte cap. Letters parked before the
+caps existed are not counted; they expire by their TTL.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from webhook_ingest.clock import now_ms
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal, finish_in
 from webhook_ingest.handoff.publish import EnqueueFailed, enqueue
+from webhook_ingest.observability.metrics import DEAD_LETTERS_DROPPED
 from webhook_ingest.state import keys
 
 log = logging.getLogger(__name__)
@@ -42,16 +50,72 @@ SUMMARY_FIELDS = (
 )
 WALK_CHUNK = 200
 
+# KEYS: the index, the provider's index, sizes, total. ARGV: letter id, parked at,
+# its bytes, expired up to (ms), max count, max bytes, the records' key prefix.
+# Counts the new letter in, forgets the provider's expired ones, then drops the
+# oldest (never the new one) until both caps hold; returns how many it dropped.
+_CAP_LUA = """
+local id, size = ARGV[1], tonumber(ARGV[3])
+local max_count, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[2], id)
+redis.call('HSET', KEYS[3], id, size)
+local total = redis.call('INCRBY', KEYS[4], size)
+local function forget(old)
+  local old_size = tonumber(redis.call('HGET', KEYS[3], old) or '0')
+  redis.call('HDEL', KEYS[3], old)
+  redis.call('ZREM', KEYS[2], old)
+  total = redis.call('DECRBY', KEYS[4], old_size)
+end
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])) do
+  forget(old)
+end
+local dropped = 0
+while redis.call('ZCARD', KEYS[2]) > 1
+    and (redis.call('ZCARD', KEYS[2]) > max_count or total > max_bytes) do
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 1)
+  local victim = oldest[1]
+  if victim == id then victim = oldest[2] end
+  forget(victim)
+  redis.call('DEL', ARGV[7] .. victim)
+  redis.call('ZREM', KEYS[1], victim)
+  dropped = dropped + 1
+end
+return dropped
+"""
+
+# KEYS: the provider's index, sizes, total. ARGV: letter id. A letter leaves the
+# provider's accounting (replayed or purged).
+_UNCOUNT_LUA = """
+local size = redis.call('HGET', KEYS[2], ARGV[1])
+if size then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('DECRBY', KEYS[3], size)
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 0
+"""
+
 
 class UnknownDeadLetter(KeyError):
     """No dead letter with this id (never parked, expired, purged or replayed)."""
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis, ttl_seconds: int, journal: Journal) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl_seconds: int,
+        journal: Journal,
+        max_per_provider: int = 10_000,
+        max_bytes_per_provider: int = 256 * 1024 * 1024,
+    ) -> None:
         self._redis = client
         self._ttl = ttl_seconds
         self._journal = journal
+        self._max_count = max_per_provider
+        self._max_bytes = max_bytes_per_provider
+        self._cap = client.register_script(_CAP_LUA)
+        self._uncount = client.register_script(_UNCOUNT_LUA)
 
     def park(self, delivery: Delivery, reason: str, error: str, attempts: int) -> str:
         letter_id = uuid.uuid4().hex
@@ -65,17 +129,49 @@ class DeadLetters:
             "provider": delivery.provider,
             "delivery_id": delivery.delivery_id,
             "job_id": delivery.job_id or "",
-            "message": json.dumps(delivery.to_message()),
+            "message": json.dumps(delivery.to_message(), ensure_ascii=False),
         }
+        size = sum(
+            len(str(name).encode()) + len(str(value).encode()) for name, value in record.items()
+        )
+        expired_before = parked_at - self._ttl * 1000
+        provider = delivery.provider
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.dead_letter(letter_id), mapping=record)
             pipe.expire(keys.dead_letter(letter_id), self._ttl)
             pipe.zadd(keys.DEAD_LETTERS, {letter_id: parked_at})
             # the index forgets what the records forgot
-            pipe.zremrangebyscore(keys.DEAD_LETTERS, "-inf", parked_at - self._ttl * 1000)
+            pipe.zremrangebyscore(keys.DEAD_LETTERS, "-inf", expired_before)
+            # the provider's caps, in the same transaction as the park
+            self._cap(
+                keys=[
+                    keys.DEAD_LETTERS,
+                    keys.dead_letters_of(provider),
+                    keys.dead_letter_sizes(provider),
+                    keys.dead_letter_bytes(provider),
+                ],
+                args=[
+                    letter_id,
+                    parked_at,
+                    size,
+                    expired_before,
+                    self._max_count,
+                    self._max_bytes,
+                    keys.dead_letter(""),
+                ],
+                client=pipe,
+            )
             # parked is an outcome: the delivery's journal record ends with it
             finish_in(pipe, delivery)
-            pipe.execute()
+            dropped = pipe.execute()[4]
+        if dropped:
+            DEAD_LETTERS_DROPPED.labels(provider).inc(dropped)
+            log.warning(
+                "dropped the %d oldest dead letters of %s: over its cap",
+                dropped,
+                provider,
+                extra={"provider": provider},
+            )
         return letter_id
 
     # -- reading ---------------------------------------------------------------------
@@ -228,7 +324,20 @@ class DeadLetters:
             pipe.delete(keys.dead_letter(letter_id))
             pipe.zrem(keys.DEAD_LETTERS, letter_id)
             record, _, _ = pipe.execute()
-        return _decoded(record)
+        letter = _decoded(record)
+        if letter is not None:
+            # out of its provider's caps (should this fail, the next park's expiry
+            # sweep or a cap drop forgets it)
+            provider = letter["provider"]
+            self._uncount(
+                keys=[
+                    keys.dead_letters_of(provider),
+                    keys.dead_letter_sizes(provider),
+                    keys.dead_letter_bytes(provider),
+                ],
+                args=[letter_id],
+            )
+        return letter
 
     def _forget(self, *letter_ids: str) -> None:
         self._redis.zrem(keys.DEAD_LETTERS, *letter_ids)

@@ -97,6 +97,20 @@ def dead_letter(letter_id: str) -> str:
     return f"webhook_ingest:dead_letter:{letter_id}"
 
 
+# One provider's letters: zset id -> parked at (ms), hash id -> stored bytes, and
+# their total, for the per-provider caps (operations.dead_letters).
+def dead_letters_of(provider: str) -> str:
+    return f"webhook_ingest:dead_letters:{provider}"
+
+
+def dead_letter_sizes(provider: str) -> str:
+    return f"webhook_ingest:dead_letter_sizes:{provider}"
+
+
+def dead_letter_bytes(provider: str) -> str:
+    return f"webhook_ingest:dead_letter_bytes:{provider}"
+
+
 RAW_DELIVERIES = "webhook_ingest:raw_deliveries"  # zset "{provider}:{delivery_id}" -> received (ms)
 
 
