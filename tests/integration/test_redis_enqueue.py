@@ -95,7 +95,7 @@ def test_claim_and_queue_change_together(services, broker, redis_client):
     for sample in (first, second):  # registered: for the main queue (test below)
         services.jobs.register(sample.job_id, "replicate", f"ext-{sample.delivery_id}")
     claim_key = keys.delivery_claim("replicate", second.delivery_id, second.job_id)
-    redis_client.set(claim_key, PENDING)  # another request is enqueueing it (three-step path)
+    redis_client.set(claim_key, PENDING)  # a receiver before the journal is enqueueing it
 
     assert direct.accept(first) is Claim.NEW
     assert direct.accept(first) is Claim.DUPLICATE
@@ -114,7 +114,7 @@ def test_claim_and_queue_change_together(services, broker, redis_client):
     assert redis_client.get(claim_key) == PENDING
 
 
-def test_the_receiver_uses_one_call_here_and_three_steps_with_another_broker(
+def test_the_receiver_uses_one_call_here_and_journal_then_publish_with_another_broker(
     app, services, quiet_broker
 ):
     assert isinstance(app.extensions["handoff"], SingleScriptHandoff)
@@ -147,7 +147,7 @@ def test_deliveries_through_the_one_call_path_are_applied_by_the_worker(
     assert state["result"] == '"out.png"'
 
 
-def test_with_the_broker_on_another_server_the_three_step_path_still_acknowledges_once(
+def test_with_the_broker_on_another_server_the_journal_then_publish_path_acknowledges_once(
     services, quiet_broker, job_id
 ):
     receiver = client_for(services, quiet_broker)
@@ -186,7 +186,7 @@ def test_a_delivery_for_a_job_with_no_mapping_goes_to_the_unmatched_queue(receiv
     assert Delivery.from_message(args[0]).job_id == "job-unknown"
 
 
-def test_the_three_step_path_queues_apart_too(receiver_with, own_redis):
+def test_the_journal_then_publish_path_queues_apart_too(receiver_with, own_redis):
     """With a broker on another Redis server (or RabbitMQ), the receiver publishes
     through kombu, and a job with no mapping still goes to the unmatched queue."""
     import redis
