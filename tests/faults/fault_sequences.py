@@ -261,6 +261,8 @@ def key_census(client: redis.Redis) -> dict[str, dict[str, int]]:
     for name in names:
         pipe.ttl(name)
     for name, ttl in zip(names, pipe.execute(), strict=True):
+        if ttl == -2:  # expired between the SCAN and the TTL (a 1-s rate-limit window)
+            continue
         family = family_of(name)
         families[family]["keys"] += 1
         families[family]["ttl" if ttl >= 0 else "no_ttl"] += 1
