@@ -109,6 +109,7 @@ NO_TTL_FIXED = {
     "_kombu.binding.*",
     "_kombu.binding_deadlines",
     "_kombu.binding_permanent.webhook_ingest",
+    "_kombu.binding_permanent.webhook_ingest.unmatched",  # the unmatched deliveries' queue
     keys.live_jobs("replicate"),  # one per provider; empty (gone) once every job finished
     # beat runs (the journal's redrive): its schedule, one key per entry, its lock,
     # and what its other ticks keep: one cursor, one hash of failing polls
