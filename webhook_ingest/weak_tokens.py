@@ -16,8 +16,9 @@ import string
 
 MIN_LENGTH = 16
 # Bits a guesser needs at most, assuming the token is drawn at random from the
-# character classes it uses: 16 hex or alphanumeric characters are enough,
-# 16 digits (53 bits) are not.
+# character classes it uses: 16 alphanumeric characters are enough, 16 digits
+# (53 bits) are not. 16 random hex characters are all digits about once in 1,800
+# draws and then refused: generate 24 or more (the README's 48).
 MIN_ESTIMATED_BITS = 64
 # Bits per character of the token's own character counts: a random 16-character
 # hex token falls below this about once in 100,000; `aaaab…` always does.
