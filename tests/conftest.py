@@ -39,8 +39,11 @@ os.environ.update(
     # Short enough that "parked after the unmatched window" is testable.
     UNMATCHED_RETRY_SECONDS="4",
     MAX_BODY_BYTES="65536",
-    # Tests send bursts from one address; the rate-limit tests set their own limit.
+    # Tests send bursts from one address, many of them refused on purpose; the
+    # rate-limit tests set their own limits.
     RATE_LIMIT="1000000/second",
+    UNVERIFIED_RATE_LIMIT="1000000/second",
+    ADMIN_FAILURE_LIMIT="1000000/second",
 )
 
 from tests.support import FakeProviderAPI  # noqa: E402

@@ -83,6 +83,12 @@ class Web:
     def logged(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def workers(self) -> list[int]:
+        """The pids of gunicorn's worker processes (the master's children)."""
+        import psutil
+
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
+
     def established(self) -> int:
         """TCP connections open to this server's port now (from any client)."""
         import psutil

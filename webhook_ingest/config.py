@@ -59,6 +59,8 @@ class Settings:
     trusted_proxy_count: int
     max_body_bytes: int
     rate_limit: str
+    unverified_rate_limit: str
+    admin_failure_limit: str
     admin_token: str | None
     webhook_base_url: str
     orphan_after_seconds: int
@@ -114,9 +116,11 @@ def _rate_limit(value: str) -> None:
     from limits import parse_many
 
     try:
-        parse_many(value)
+        rates = parse_many(value)
     except ValueError:
-        raise ValidationError("expected a rate such as 100/second or 1000 per minute") from None
+        rates = []
+    if len(rates) != 1:  # one window, counted in one key (handoff.claims)
+        raise ValidationError("expected one rate such as 100/second or 1000 per minute")
 
 
 def _strong_token(value: str) -> None:
@@ -164,8 +168,20 @@ class SettingsSchema(Schema):
     tolerance_seconds = _int("WEBHOOK_TOLERANCE_SECONDS", DEFAULT_TOLERANCE_SECONDS, _positive)
     trusted_proxy_count = _int("TRUSTED_PROXY_COUNT", 0, validate.Range(0, 10))
     max_body_bytes = _int("MAX_BODY_BYTES", 1_048_576, _positive)
+    # New verified deliveries per provider + client, counted in the hand-off's script.
     rate_limit = fields.String(
         data_key="RATE_LIMIT", load_default="100/second", validate=_rate_limit
+    )
+    # Requests that proved nothing (failed verification, unknown provider, ...) per
+    # client, in each receiver process's memory: they cost no Redis and spend no
+    # budget of the authentic deliveries (web.client_buckets).
+    unverified_rate_limit = fields.String(
+        data_key="UNVERIFIED_RATE_LIMIT", load_default="10/second", validate=_rate_limit
+    )
+    # Wrong or missing operator tokens per client, per process; over it 429 without
+    # looking at the token, so guessing it is slowed, not only logged.
+    admin_failure_limit = fields.String(
+        data_key="ADMIN_FAILURE_LIMIT", load_default="10/minute", validate=_rate_limit
     )
     # Guards every operator endpoint: a sample copied from documentation or an
     # obviously patterned string is refused, not only a short one.

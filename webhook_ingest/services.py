@@ -9,7 +9,7 @@ import redis
 
 from webhook_ingest import redis_client
 from webhook_ingest.config import Settings, load_settings
-from webhook_ingest.handoff.claims import DeliveryClaims
+from webhook_ingest.handoff.claims import DeliveryClaims, RateLimit
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.operations.dead_letters import DeadLetters
 from webhook_ingest.operations.raw_deliveries import RawDeliveries
@@ -48,7 +48,11 @@ def build_services(
             finished_window_seconds=settings.consistency_check_window_seconds,
         ),
         jobs=JobRegistry(client),
-        claims=DeliveryClaims(client, ttl_seconds=settings.dedup_ttl_seconds),
+        claims=DeliveryClaims(
+            client,
+            ttl_seconds=settings.dedup_ttl_seconds,
+            rate=RateLimit.parse(settings.rate_limit),
+        ),
         dead_letters=DeadLetters(
             client,
             settings.dead_letter_ttl_seconds,

@@ -1,7 +1,13 @@
 """Receiver checks before the signature work (issue 4; CONTRACT.md §2-3, README "Security").
 
-- `RATE_LIMIT` per provider + client address: over it 429 JSON with `Retry-After`;
-- the limiter's Redis down: nothing acknowledged that was not kept, never a 500;
+- `RATE_LIMIT` per provider + client address, counting verified deliveries only:
+  over it 429 JSON with `Retry-After`;
+- `UNVERIFIED_RATE_LIMIT`: refusals before and at verification per client, in the
+  process's memory: a flood of forgeries gets 429s, costs no Redis command and
+  spends nothing of the authentic deliveries' budget (issue 14, finding 5);
+- `ADMIN_FAILURE_LIMIT`: repeated wrong operator tokens get 429 before the token
+  is even compared;
+- Redis down: nothing acknowledged that was not kept, never a 500;
 - `WEBHOOK_IP_ALLOWLIST_<PROVIDER>`: 403 for other addresses, nothing written;
 - `TRUSTED_PROXY_COUNT`: only the hops our proxies appended name the client, and the
   rate limit keys on that same client address;
@@ -141,35 +147,167 @@ def test_other_providers_and_other_addresses_are_counted_separately(receiver_wit
     assert deliver(app, address="192.0.2.2")[0].status_code == 429
 
 
-def test_rejected_deliveries_count_towards_the_limit_too(receiver_with):
-    """A flood of forgeries is stopped by the limiter before any signature work."""
-    app = receiver_with(RATE_LIMIT="5/minute")
-    for _ in range(5):
-        response, _ = deliver(app, signed=False)
-        assert response.status_code == 401
+def commands(app: Receiver) -> dict[str, int]:
+    """Redis's own count of the commands it ran, by name (INFO commandstats)."""
+    stats = app.raw.info("commandstats")
+    return {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()}
 
-    response, _ = deliver(app)  # correctly signed, but the budget is spent
 
-    assert_json_error(response, 429)
+def test_forgeries_spend_their_own_budget_not_the_authentic_deliveries(receiver_with):
+    """Finding 5: unverified traffic from the provider's own address used to count
+    towards RATE_LIMIT first, pushing authentic deliveries into 429 (18 of 20).
+
+    Now 40 forgeries from that address get 401 until UNVERIFIED_RATE_LIMIT is spent,
+    then 429 with Retry-After, without a single Redis command; the provider's five
+    deliveries a minute are all accepted, and only its sixth is over RATE_LIMIT.
+    """
+    app = receiver_with(RATE_LIMIT="5/minute", UNVERIFIED_RATE_LIMIT="10/minute")
+    before = commands(app)
+
+    forged = [deliver(app, signed=False)[0] for _ in range(40)]
+
+    ran = {name: n - before.get(name, 0) for name, n in commands(app).items()}
+    ran = {name: n for name, n in ran.items() if n and name != "info"}
+    assert ran == {}, f"unverified requests ran Redis commands: {ran}"
+    statuses = [r.status_code for r in forged]
+    assert statuses == [401] * 10 + [429] * 30, statuses
+    for response in forged[10:]:
+        assert_json_error(response, 429)
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
     assert app.queued() == 0
 
+    for _ in range(5):
+        assert_accepted(app)
+    response, headers = deliver(app)
+    assert_json_error(response, 429, headers)
+    assert response.get_json()["error"] == "too many requests"
 
-def test_an_invalid_rate_limit_stops_the_start_naming_the_variable(private_redis):
-    environ = environ_with(REDIS_URL=private_redis.url, RATE_LIMIT="lots")
 
-    with pytest.raises(ConfigError, match="RATE_LIMIT"):
+def test_a_verified_delivery_is_accepted_while_its_address_is_over_the_unverified_limit(
+    receiver_with,
+):
+    """Behind a proxy with TRUSTED_PROXY_COUNT=0 every client has the proxy's
+    address: a stranger spending it must not stop the provider."""
+    app = receiver_with(UNVERIFIED_RATE_LIMIT="2/minute")
+    for _ in range(5):
+        deliver(app, signed=False)
+    assert deliver(app, signed=False)[0].status_code == 429
+
+    assert_accepted(app)
+    assert_accepted(app, provider="openai")
+    assert deliver(app, signed=False)[0].status_code == 429
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        {"provider": "nope", "path": "/webhook/nope/job-1"},
+        {"path": "/webhook/replicate/bad%20id"},
+        {"address": "192.0.2.1", "signed": False},
+    ],
+    ids=["unknown-provider", "invalid-job-id", "bad-signature"],
+)
+def test_every_refusal_before_verification_spends_the_unverified_budget(receiver_with, refused):
+    app = receiver_with(UNVERIFIED_RATE_LIMIT="3/minute", RATE_LIMIT="5/minute")
+    first = [deliver(app, **refused)[0].status_code for _ in range(3)]
+    over = deliver(app, **refused)[0]
+
+    assert 429 not in first, first
+    assert_json_error(over, 429)
+    assert over.get_json()["error"] == "too many unverified requests"
+    assert_accepted(app, address=refused.get("address", "192.0.2.1"))
+
+
+def test_the_unverified_budget_is_per_client_address(receiver_with):
+    app = receiver_with(UNVERIFIED_RATE_LIMIT="2/minute")
+    for _ in range(3):
+        deliver(app, signed=False, address="192.0.2.1")
+
+    assert deliver(app, signed=False, address="192.0.2.1")[0].status_code == 429
+    assert deliver(app, signed=False, address="192.0.2.2")[0].status_code == 401
+    assert deliver(app, signed=False, address="2001:db8::7")[0].status_code == 401
+
+
+def test_a_retry_of_an_accepted_delivery_is_a_duplicate_even_over_the_limit(receiver_with):
+    """RATE_LIMIT counts new deliveries: a provider retrying one it got no answer
+    for must learn that it was kept, however busy the window."""
+    app = receiver_with(RATE_LIMIT="1/minute")
+    body = prediction()
+    headers = signed_headers(REPLICATE_SECRET, body)
+
+    def post():
+        return app.client.post(
+            "/webhook/replicate/job-1",
+            data=body,
+            headers=headers,
+            environ_base={"REMOTE_ADDR": "192.0.2.1"},  # deliver()'s address
+        )
+
+    assert post().status_code == 202
+    assert deliver(app)[0].status_code == 429
+    again = post()
+    assert again.status_code == 200 and again.get_json()["duplicate"] is True
+
+
+@pytest.mark.parametrize("variable", ["RATE_LIMIT", "UNVERIFIED_RATE_LIMIT", "ADMIN_FAILURE_LIMIT"])
+@pytest.mark.parametrize("value", ["lots", "5/fortnight", "1/second;10/minute"])
+def test_an_invalid_rate_limit_stops_the_start_naming_the_variable(private_redis, variable, value):
+    environ = environ_with(REDIS_URL=private_redis.url, **{variable: value})
+
+    with pytest.raises(ConfigError, match=variable):
         build_services(environ=environ)
+
+
+# -- ADMIN_FAILURE_LIMIT ------------------------------------------------------------------------
+
+
+def operator_get(app: Receiver, token: str, address: str = "192.0.2.1"):
+    return app.client.get(
+        "/jobs/job-1",
+        headers={"Authorization": f"Bearer {token}"},
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def test_repeated_wrong_operator_tokens_get_429_before_the_token_is_compared(receiver_with):
+    """Finding 5: 2,000 wrong admin tokens went through in 3.3 s. Now a client
+    gets ADMIN_FAILURE_LIMIT 401s, then 429s — the right token included, so a
+    guesser learns nothing more until the budget refills; other addresses are
+    not affected."""
+    app = receiver_with(ADMIN_FAILURE_LIMIT="3/minute")
+    right = app.services.settings.admin_token
+
+    wrong = [operator_get(app, f"guess-{n:04d}").status_code for n in range(3)]
+    over = operator_get(app, "guess-9999")
+    right_but_throttled = operator_get(app, right)
+
+    assert wrong == [401, 401, 401]
+    for response in (over, right_but_throttled):
+        assert_json_error(response, 429)
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert operator_get(app, right, address="192.0.2.2").status_code in (200, 404)
+    assert operator_get(app, "guess-0000", address="192.0.2.2").status_code == 401
+
+
+def test_a_right_operator_token_spends_nothing(receiver_with):
+    app = receiver_with(ADMIN_FAILURE_LIMIT="2/minute")
+    right = app.services.settings.admin_token
+
+    answers = [operator_get(app, right).status_code for _ in range(10)]
+
+    assert set(answers) <= {200, 404}, answers
+    assert operator_get(app, "guess").status_code == 401
 
 
 # -- the limiter's Redis down -------------------------------------------------------------------
 
 
 def test_with_redis_down_nothing_is_acknowledged_and_nothing_gets_a_500(receiver_with, own_redis):
-    """REDIS_URL is the limiter's storage, the state store and (here) the broker.
+    """REDIS_URL holds the RATE_LIMIT counters, the claims and (here) the broker.
 
-    With it down, Flask-Limiter falls back to counting in the process's memory, so
-    the first five deliveries pass the limiter and fail at the claim step (503, the
-    provider retries) and the sixth is still limited (429) — never a 2xx, never a 500.
+    With it down, the hand-off's script (claim, journal, counter, queue) cannot
+    run: every signed delivery gets 503 with Retry-After and the provider retries
+    — never a 2xx, never a 500, never a 429 for a limit nobody could count.
     """
     app = receiver_with(redis_url=own_redis.url, RATE_LIMIT="5/minute")
     assert_accepted(app, address="198.51.100.1")  # working before the outage
@@ -180,20 +318,18 @@ def test_with_redis_down_nothing_is_acknowledged_and_nothing_gets_a_500(receiver
     for response in answers:
         assert_json_error(response, response.status_code)
     statuses = [r.status_code for r in answers]
-    assert statuses == [503] * 5 + [429] * 3, statuses
+    assert statuses == [503] * 8, statuses
     assert all(r.headers.get("Retry-After", "").isdigit() for r in answers)
 
 
 def test_limiter_and_state_down_with_a_working_broker_is_503_from_the_claim_not_429_or_500(
     receiver_with, own_redis, private_redis
 ):
-    """The limiter cannot be down on its own: it stores its counters at REDIS_URL,
-    which is also the state store holding the de-duplication claims. So with that
-    Redis down and a separate broker up, the limiter falls back to memory and lets
-    the delivery through, the claim (`SET ... NX` in DeliveryClaims.claim) fails, and
-    the answer is 503 "state store unavailable" — not 429 (the limit is not reached),
-    not 500, and nothing reaches the working broker, because a delivery that could
-    not be claimed could not be de-duplicated either.
+    """RATE_LIMIT's counter lives at REDIS_URL with the claims and the journal, in
+    the same script. With that Redis down and a separate broker up, the claim
+    script fails and the answer is 503 "state store unavailable" — not 429, not
+    500, and nothing reaches the working broker, because a delivery that could
+    not be claimed and journaled could not be de-duplicated or redriven either.
     """
     broker = redis.Redis.from_url(private_redis.url)
     broker.flushall()

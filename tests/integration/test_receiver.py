@@ -592,6 +592,47 @@ def test_repeated_delivery_is_acknowledged_as_duplicate_and_enqueued_once(isolat
     assert isolated.queued() == 1
 
 
+@pytest.mark.parametrize("handoff_kind", HANDOFFS)
+def test_over_rate_limit_a_new_delivery_gets_429_and_nothing_is_kept(private_redis, handoff_kind):
+    """RATE_LIMIT is counted in the hand-off's own claim script, on both paths:
+    over it, no claim, no journal record, nothing queued — and a provider's
+    retry of a delivery already kept is still a duplicate."""
+    environ = dict(
+        os.environ,
+        REDIS_URL=private_redis.url,
+        CELERY_BROKER_URL=private_redis.url,
+        RATE_LIMIT="2/minute",
+    )
+    flask_app, services, celery_app = build_app(environ, private_redis.url, handoff_kind)
+    raw = redis.Redis.from_url(private_redis.url)
+    raw.flushall()
+    client = flask_app.test_client()
+    try:
+        first = prediction()
+        first_headers = signed_headers(REPLICATE_SECRET, first)
+        url = "/webhook/replicate/job-rate"
+        assert client.post(url, data=first, headers=first_headers).status_code == 202
+        second = prediction()
+        second_headers = signed_headers(REPLICATE_SECRET, second)
+        assert client.post(url, data=second, headers=second_headers).status_code == 202
+        kept = {k: raw.dump(k) for k in raw.keys("*") if not k.startswith(b"webhook_ingest:rate:")}
+
+        over_body = prediction()
+        over = client.post(url, data=over_body, headers=signed_headers(REPLICATE_SECRET, over_body))
+        again = client.post(url, data=first, headers=first_headers)
+
+        assert over.status_code == 429, over.get_data(as_text=True)
+        assert over.get_json() == {"error": "too many requests"}
+        assert 1 <= int(over.headers["Retry-After"]) <= 60
+        after = {k: raw.dump(k) for k in raw.keys("*") if not k.startswith(b"webhook_ingest:rate:")}
+        assert after == kept, "a rate-limited delivery was claimed, journaled or queued"
+        assert again.status_code == 200 and again.get_json()["duplicate"] is True
+    finally:
+        celery_app.close()
+        services.redis.close()
+        raw.close()
+
+
 def test_repeated_delivery_is_applied_and_broadcast_once(
     client, services, worker, redis_client, job_id
 ):

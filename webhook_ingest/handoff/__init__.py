@@ -21,7 +21,7 @@ from celery import Celery
 
 from webhook_ingest.config import Settings
 from webhook_ingest.handoff.base import Handoff
-from webhook_ingest.handoff.claims import Claim, DeliveryClaims
+from webhook_ingest.handoff.claims import Claim, DeliveryClaims, RateLimit, RateLimited
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.journal_then_publish import JournalThenPublishHandoff
 from webhook_ingest.handoff.single_script import SingleScriptHandoff
@@ -30,6 +30,8 @@ __all__ = [
     "Claim",
     "Handoff",
     "JournalThenPublishHandoff",
+    "RateLimit",
+    "RateLimited",
     "SingleScriptHandoff",
     "build_handoff",
 ]
@@ -44,6 +46,11 @@ def build_handoff(
 ) -> Handoff:
     if SingleScriptHandoff.applies(celery_app, settings.redis_url):
         return SingleScriptHandoff(
-            client, celery_app, settings.redis_url, settings.dedup_ttl_seconds, journal
+            client,
+            celery_app,
+            settings.redis_url,
+            settings.dedup_ttl_seconds,
+            journal,
+            claims.rate,
         )
     return JournalThenPublishHandoff(claims, journal, celery_app, client)

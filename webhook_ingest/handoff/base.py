@@ -10,8 +10,10 @@ from webhook_ingest.handoff.delivery import Delivery
 
 class Handoff(abc.ABC):
     @abc.abstractmethod
-    def accept(self, delivery: Delivery) -> Claim:
-        """Claim.NEW only once the broker holds the delivery; DUPLICATE for a
-        delivery id already enqueued, IN_FLIGHT for one another request is still
-        enqueueing. Raises EnqueueFailed (broker unreachable) or redis.RedisError
-        (state store unreachable); either way nothing was acknowledged."""
+    def accept(self, delivery: Delivery, client: str = "") -> Claim:
+        """Claim.NEW only once the delivery is journaled (and, but for a crash, on
+        the broker); DUPLICATE for a delivery id already journaled, IN_FLIGHT for
+        one a receiver of an older version is still enqueueing. Raises
+        RateLimited when `client` (the sender's address) is over RATE_LIMIT for
+        the provider, EnqueueFailed (broker unreachable) or redis.RedisError
+        (state store unreachable); whichever, the answer is no 2xx."""

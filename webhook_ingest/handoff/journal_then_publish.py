@@ -36,9 +36,9 @@ class JournalThenPublishHandoff(Handoff):
         self._celery = celery_app
         self._redis = client
 
-    def accept(self, delivery: Delivery) -> Claim:
+    def accept(self, delivery: Delivery, client: str = "") -> Claim:
         delivery = replace(delivery, journaled=True)
-        claim = self._claims.claim(delivery, self._journal.record(delivery))
+        claim = self._claims.claim(delivery, self._journal.record(delivery), client)
         if claim is Claim.NEW:
             # EnqueueFailed: 503, the journal keeps it
             enqueue(self._celery, delivery, self._queue_for(delivery))

@@ -35,10 +35,11 @@ from celeryconfig import INGEST_TASK, UNMATCHED_QUEUE
 from webhook_ingest.handoff.base import Handoff
 from webhook_ingest.handoff.claims import (
     CLAIM_AND_JOURNAL_LUA,
-    OUTCOMES,
     Claim,
+    RateLimit,
     claim_args,
     claim_keys,
+    outcome,
 )
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal
@@ -49,9 +50,9 @@ from webhook_ingest.state import keys as state_keys
 # random per process, so no delivery's text (its id shows in argsrepr) holds it.
 _QUEUE_MARK = f"queue-{uuid.uuid4().hex}"
 
-# Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-3], ARGV[1-5]), then
-# the push. KEYS[4-6]: main queue, unmatched queue, the job's mapping ("" when the
-# URL names no job). ARGV[6-9]: broker message before and after its queue's name
+# Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-4], ARGV[1-7]), then
+# the push. KEYS[5-7]: main queue, unmatched queue, the job's mapping ("" when the
+# URL names no job). ARGV[8-11]: broker message before and after its queue's name
 # (delivery_info.routing_key), broker db, state db.
 # A delivery for a job with no mapping goes to the unmatched queue from its first
 # attempt (celeryconfig.UNMATCHED_QUEUE): a flood of them must not stand in line
@@ -60,11 +61,11 @@ _QUEUE_MARK = f"queue-{uuid.uuid4().hex}"
 _CLAIM_AND_PUSH_LUA = (
     CLAIM_AND_JOURNAL_LUA
     + """
-local queue = KEYS[4]
-if KEYS[6] ~= '' and redis.call('EXISTS', KEYS[6]) == 0 then queue = KEYS[5] end
-local broker_db, state_db = tonumber(ARGV[8]), tonumber(ARGV[9])
+local queue = KEYS[5]
+if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 0 then queue = KEYS[6] end
+local broker_db, state_db = tonumber(ARGV[10]), tonumber(ARGV[11])
 if broker_db ~= state_db then redis.call('SELECT', broker_db) end
-redis.call('LPUSH', queue, ARGV[6] .. queue .. ARGV[7])
+redis.call('LPUSH', queue, ARGV[8] .. queue .. ARGV[9])
 if broker_db ~= state_db then redis.call('SELECT', state_db) end
 return 'enqueued'
 """
@@ -95,10 +96,12 @@ class SingleScriptHandoff(Handoff):
         state_url: str,
         claim_ttl_seconds: int,
         journal: Journal,
+        rate: RateLimit | None = None,
     ) -> None:
         self._script = client.register_script(_CLAIM_AND_PUSH_LUA)
         self._journal = journal
         self._ttl = claim_ttl_seconds
+        self._rate = rate
         self._state_db = _db(state_url)
         self._broker_db = _db(broker_url(celery_app))
         route = celery_app.amqp.router.route({}, INGEST_TASK)
@@ -120,21 +123,21 @@ class SingleScriptHandoff(Handoff):
         broker = broker_url(celery_app)
         return _server(broker) is not None and _server(broker) == _server(state_url)
 
-    def accept(self, delivery: Delivery) -> Claim:
+    def accept(self, delivery: Delivery, client: str = "") -> Claim:
         delivery = replace(delivery, journaled=True)
         before, after = self.message(delivery, _QUEUE_MARK).split(_QUEUE_MARK)
         mapping = state_keys.job_mapping(delivery.job_id) if delivery.job_id else ""
         reply = self._script(
-            keys=[*claim_keys(delivery), self._queue, UNMATCHED_QUEUE, mapping],
+            keys=[*claim_keys(delivery, client), self._queue, UNMATCHED_QUEUE, mapping],
             args=[
-                *claim_args(self._ttl, self._journal.record(delivery)),
+                *claim_args(self._ttl, self._journal.record(delivery), self._rate),
                 before,
                 after,
                 self._broker_db,
                 self._state_db,
             ],
         )
-        return OUTCOMES[reply if isinstance(reply, str) else reply.decode()]
+        return outcome(reply)
 
     def message(self, delivery: Delivery, queue: str | None = None) -> str:
         """The JSON kombu's Redis transport stores for `send_task(INGEST_TASK, [message])`

@@ -85,6 +85,13 @@ def delivery_claim(provider: str, delivery_id: str, job_id: str | None = None) -
     return f"webhook_ingest:delivery:{provider}/{job_id}/{delivery_id}"
 
 
+def delivery_rate(provider: str, client: str) -> str:
+    """New verified deliveries from one client address to one provider in the
+    current RATE_LIMIT window (a counter that expires with the window), counted
+    by the hand-off's claim script (handoff.claims)."""
+    return f"webhook_ingest:rate:{provider}:{client}"
+
+
 def delivery_claims(provider: str) -> str:
     """A SCAN/KEYS pattern for every claim of one provider, of both forms."""
     return f"webhook_ingest:delivery:{provider}[:/]*"

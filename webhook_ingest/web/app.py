@@ -11,8 +11,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from webhook_ingest.handoff import Handoff, broker, build_handoff
 from webhook_ingest.services import Services, build_services
 from webhook_ingest.web import dead_letter_api, metrics_endpoint, operator_api, receiver
+from webhook_ingest.web.client_buckets import ClientBuckets
 from webhook_ingest.web.http_errors import register_error_handlers
-from webhook_ingest.web.rate_limit import init_rate_limit
+from webhook_ingest.web.rate_limit import UnverifiedLimit
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ def create_app(
     app.extensions["webhook_ingest"] = services
     app.extensions["celery"] = celery_app
     app.extensions["handoff"] = handoff
-    init_rate_limit(app, settings, receiver.blueprint)
+    # in this process's memory: traffic that proved nothing costs no Redis
+    app.extensions["unverified_limit"] = UnverifiedLimit(settings.unverified_rate_limit)
+    app.extensions["admin_failures"] = ClientBuckets(settings.admin_failure_limit)
     app.register_blueprint(receiver.blueprint)
     app.register_blueprint(operator_api.blueprint)
     app.register_blueprint(metrics_endpoint.blueprint)

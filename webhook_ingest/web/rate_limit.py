@@ -1,64 +1,59 @@
-"""Per provider + client address rate limiting (Flask-Limiter on Redis).
+"""The receiver's limit on requests that proved nothing (README "Security").
 
-Over the limit: 429 with Retry-After; providers retry, so nothing is lost. If
-the limiter's Redis is unreachable, limits fall back to each process's memory
-(Flask-Limiter's in-memory fallback) instead of refusing deliveries: a delivery
-that gets past the limiter still needs Redis for its claim and the broker for
-its enqueue, and answers 503 if they are down, so nothing is acknowledged that
-was not kept.
+Two budgets, so that a stranger can spend only their own:
+
+- `RATE_LIMIT` counts new *verified* deliveries per provider and client
+  address. It is counted inside the hand-off's claim script (handoff.claims),
+  so a delivery stays one Redis round trip, and only a sender holding the
+  provider's secret can spend it.
+- `UNVERIFIED_RATE_LIMIT` (here) counts refusals before or at verification
+  (unknown provider, address not allowed, bad job id, body too large or too
+  slow, signature wrong) per client address, in the process's memory
+  (web.client_buckets): no Redis work for traffic that proved nothing. Over it,
+  the refusal is a 429 with `Retry-After` instead of its 4xx, and its log line
+  is folded into one summary a second per process, so a flood of forgeries
+  cannot flood the logs either. A verified delivery never consults it: the
+  same address may carry a provider and an attacker (every client is the
+  proxy's address with TRUSTED_PROXY_COUNT=0).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import threading
 import time
 
-from flask import Blueprint, Flask, Response, current_app, request
-from flask_limiter import Limiter, RequestLimit
-
-from webhook_ingest.config import Settings
-from webhook_ingest.observability.metrics import DELIVERIES_RECEIVED
-from webhook_ingest.web.http_errors import error
+from webhook_ingest.web.client_buckets import ClientBuckets
 
 log = logging.getLogger(__name__)
 
 
-def _provider_and_client() -> str:
-    provider = (request.view_args or {}).get("provider", "")
-    return f"{provider}:{request.remote_addr}"
+class UnverifiedLimit:
+    def __init__(self, rate: str, summary_every_seconds: float = 1.0) -> None:
+        self.buckets = ClientBuckets(rate)
+        self._summary_every = summary_every_seconds
+        self._lock = threading.Lock()
+        self._folded = 0
+        self._last_summary = 0.0
 
+    def charge(self, client: str) -> int:
+        """Spends one of `client`'s tokens for a refusal; 0 when it had one, else
+        the seconds until it will (the refusal becomes a 429)."""
+        return self.buckets.spend(client)
 
-def _refuse(limit: RequestLimit) -> Response:
-    """The 429, counted like every other answer, with the Retry-After providers honour."""
-    provider = (request.view_args or {}).get("provider", "")
-    if provider not in current_app.extensions["webhook_ingest"].providers:
-        provider = "unknown"
-    DELIVERIES_RECEIVED.labels(provider, "rate_limited").inc()
-    log.info("delivery rejected: rate limited", extra={"provider": provider})
-    try:
-        wait = max(1, math.ceil(limit.window[0] - time.time()))  # window[0]: when it resets
-    except Exception:  # the limiter's store went away between the hit and now
-        wait = 1
-    return error(429, "too many requests", Retry_After=str(wait))
-
-
-def init_rate_limit(app: Flask, settings: Settings, blueprint: Blueprint) -> Limiter:
-    limiter = Limiter(
-        key_func=_provider_and_client,
-        app=app,
-        storage_uri=settings.redis_url,
-        storage_options={"socket_connect_timeout": 0.5, "socket_timeout": 1},
-        # one INCR+EXPIRE per request: the cheapest exact strategy on the hot path
-        strategy="fixed-window",
-        # X-RateLimit-* on every answer would cost a second Redis round trip per
-        # delivery (bench/); only a refusal carries Retry-After (_refuse).
-        headers_enabled=False,
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
-        default_limits=[],
-        key_prefix="webhook_ingest:rate",
-        on_breach=_refuse,
-    )
-    limiter.limit(settings.rate_limit)(blueprint)
-    return limiter
+    def fold(self, provider: str, client: str) -> None:
+        """Counts a refusal over the limit; logs a summary at most once a period."""
+        with self._lock:
+            self._folded += 1
+            now = time.monotonic()
+            if now - self._last_summary < self._summary_every:
+                return
+            folded, self._folded, self._last_summary = self._folded, 0, now
+        log.warning(
+            "unverified requests over UNVERIFIED_RATE_LIMIT: %d refused with 429 since the "
+            "last summary (the latest from %s to %s)",
+            folded,
+            client,
+            provider,
+            extra={"provider": provider, "outcome": "unverified_rate_limited"},
+        )

@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from webhook_ingest import strict_json
-from webhook_ingest.handoff.claims import Claim
+from webhook_ingest.handoff.claims import Claim, RateLimited
 from webhook_ingest.handoff.delivery import Delivery, kept_headers
 from webhook_ingest.handoff.publish import EnqueueFailed
 from webhook_ingest.observability.metrics import (
@@ -44,35 +44,36 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     # URL text is not a label: an unknown name would make a new series per request.
     label = provider if handler is not None else "unknown"
     logged = {"job_id": _shown(job_id) if _segment_is_a_job_id(handler, token) else None}
+    # Until the signature is verified, every refusal is charged to the client's
+    # unverified budget (web.rate_limit); none of it touches Redis.
     if handler is None:
-        return _refused(label, "unknown_provider", 404, "unknown provider", **logged)
+        return _unverified(label, "unknown_provider", 404, "unknown provider", **logged)
     if handler.verifier is None:
-        return _refused(label, "not_configured", 404, "provider not configured", **logged)
+        return _unverified(label, "not_configured", 404, "provider not configured", **logged)
     if token is not None and not handler.takes_url_token:
         # a token segment exists only on the URLs of providers configured for one
-        return _refused(label, "not_found", 404, "not found", **logged)
+        return _unverified(label, "not_found", 404, "not found", **logged)
     if not handler.allows(request.remote_addr):
-        return _refused(label, "address_not_allowed", 403, "address not allowed", **logged)
+        return _unverified(label, "address_not_allowed", 403, "address not allowed", **logged)
     if job_id is not None and not JOB_ID.fullmatch(job_id):
-        return _refused(label, "invalid_job_id", 400, "invalid job id", **logged)
+        return _unverified(label, "invalid_job_id", 400, "invalid job id", **logged)
 
     try:
         body = read_body(services.settings.max_body_bytes)
     except RequestEntityTooLarge:
-        _count(label, "too_large", **logged)
-        raise
+        return _unverified(label, "too_large", 413, "body too large", **logged)
     except RequestTimeout:  # the body's deadline (webhook_ingest.web.body_deadline)
-        _count(label, "body_timeout", job_id=job_id)
-        raise
+        return _unverified(
+            label, "body_timeout", 408, "request body did not arrive in time", **logged
+        )
     except BadRequest:
-        _count(label, "malformed_body", **logged)
-        raise
+        return _unverified(label, "malformed_body", 400, "malformed request body", **logged)
     try:
         # the job id of the same URL: a per-job URL token must be that job's
         verified = handler.verifier.verify(body, request.headers, url_token=token, job_id=job_id)
     except VerificationError as exc:
         VERIFICATION_FAILURES.labels(label, exc.reason).inc()
-        return _refused(
+        return _unverified(
             label,
             "verification_failed",
             401,
@@ -114,7 +115,16 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     )
     started = time.perf_counter()
     try:
-        claim = current_app.extensions["handoff"].accept(delivery)
+        claim = current_app.extensions["handoff"].accept(delivery, request.remote_addr or "")
+    except RateLimited as limited:  # RATE_LIMIT: nothing claimed, the provider retries
+        return _refused(
+            label,
+            "rate_limited",
+            429,
+            "too many requests",
+            Retry_After=str(limited.retry_after),
+            **ids,
+        )
     except EnqueueFailed:
         return _refused(
             label,
@@ -196,6 +206,27 @@ def _refused(
 ):
     _count(provider, outcome, reason, job_id=job_id, delivery_id=delivery_id)
     return error(status, message, **headers)
+
+
+def _unverified(
+    provider: str,
+    outcome: str,
+    status: int,
+    message: str,
+    reason: str | None = None,
+    *,
+    job_id: str | None = None,
+):
+    """A refusal of a request that proved nothing, charged to its client's
+    UNVERIFIED_RATE_LIMIT budget: over it, a 429 counted but not logged one by one."""
+    limit = current_app.extensions["unverified_limit"]
+    client = request.remote_addr or ""
+    wait = limit.charge(client)
+    if not wait:
+        return _refused(provider, outcome, status, message, reason, job_id=job_id)
+    DELIVERIES_RECEIVED.labels(provider, "unverified_rate_limited").inc()
+    limit.fold(provider, client)
+    return error(429, "too many unverified requests", Retry_After=str(wait))
 
 
 def read_body(limit: int) -> bytes:
