@@ -952,8 +952,10 @@ def test_gunicorn_access_log_1_logs_each_request_as_json_with_url_tokens_withhel
         exchange(
             server.port, http_request("POST", f"/webhook/runpod/job-abc/{URL_TOKEN}", {}, b"{}")
         )
+        # the job id forgotten: the token stands where the job id belongs
+        exchange(server.port, http_request("POST", f"/webhook/runpod/{URL_TOKEN}", {}, b"{}"))
         wait_for(
-            lambda: len(_access_lines(server.logged())) >= 2, timeout=10, message="access lines"
+            lambda: len(_access_lines(server.logged())) >= 3, timeout=10, message="access lines"
         )
         lines = _access_lines(server.logged())
     finally:

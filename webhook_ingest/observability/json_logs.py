@@ -71,6 +71,20 @@ class WithholdRequestText(logging.Filter):
     # /webhook/<provider>/<job_id>/<token>: the third segment is a secret (RunPod)
     _URL_TOKEN = re.compile(r"(/webhook/[^/\s]+/[^/\s]+/)[^\s\"'?]+")
 
+    def __init__(self, url_token_providers: list[str] | None = None) -> None:
+        super().__init__()
+        names = url_token_providers
+        if names is None:
+            names = url_token_providers_configured(os.environ)
+        # /webhook/<provider>/<token>, the job id forgotten, on the URLs of a
+        # provider that takes URL tokens: the last segment is the token
+        alternatives = "|".join(map(re.escape, names))
+        self._token_as_job = (
+            re.compile(rf"(/webhook/(?:{alternatives})/)[^/\s\"'?]+(?=[\s\"'?]|$)")
+            if names
+            else None
+        )
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         match = self._INVALID.match(message)
@@ -80,8 +94,24 @@ class WithholdRequestText(logging.Filter):
             message = "Error handling request (request text withheld)"
         else:
             message = self._URL_TOKEN.sub(r"\1<withheld>", message)
+            if self._token_as_job is not None:
+                message = self._token_as_job.sub(r"\1<withheld>", message)
         record.msg, record.args = message, ()
         return True
+
+
+def url_token_providers_configured(environ) -> list[str]:
+    """Providers whose webhook URLs carry a secret token, as the environment
+    configures them (WEBHOOK_URL_SECRET_<P>, WEBHOOK_URL_TOKEN_<P>)."""
+    prefixes = ("WEBHOOK_URL_SECRET_", "WEBHOOK_URL_TOKEN_")
+    return sorted(
+        {
+            name.removeprefix(prefix).lower()
+            for name, value in environ.items()
+            for prefix in prefixes
+            if name.startswith(prefix) and value.strip()
+        }
+    )
 
 
 def formatter() -> logging.Formatter:
