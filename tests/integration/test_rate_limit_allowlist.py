@@ -510,6 +510,20 @@ def test_a_bearer_token_under_16_characters_stops_the_start(private_redis):
     assert "short-token" not in str(raised.value)
 
 
+@pytest.mark.parametrize("variable", ["WEBHOOK_BEARER_TOKEN_REPLICATE", "WEBHOOK_URL_TOKEN_RUNPOD"])
+@pytest.mark.parametrize(
+    "token", ["change-me-to-a-long-token", "aaaaaaaaaaaaaaaaaaaaaaaa", "abcdefghijklmnopqrstuvwx"]
+)
+def test_a_sample_or_patterned_shared_token_stops_the_start(private_redis, variable, token):
+    """Long enough is not enough: the ADMIN_TOKEN rules (webhook_ingest.weak_tokens)
+    hold for every shared token a stranger could guess, second place of a rotation too."""
+    environ = environ_with(REDIS_URL=private_redis.url, **{variable: f"{BEARER} {token}"})
+
+    with pytest.raises(ConfigError, match=variable) as raised:
+        build_services(environ=environ)
+    assert token not in str(raised.value) and BEARER not in str(raised.value)
+
+
 @pytest.fixture
 def basic_app(receiver_with):
     return receiver_with(WEBHOOK_BASIC_AUTH_REPLICATE=f"{BASIC_USER}:{BASIC_PASSWORD}")

@@ -224,7 +224,10 @@ def test_without_a_token_configured_runpod_accepts_nothing(
     [
         ({"WEBHOOK_SECRET_RUNPOD": "whsec_c2VjcmV0"}, "WEBHOOK_SECRET_RUNPOD"),
         (
-            {"WEBHOOK_URL_TOKEN_RUNPOD": None, "WEBHOOK_BEARER_TOKEN_RUNPOD": "b" * 32},
+            {
+                "WEBHOOK_URL_TOKEN_RUNPOD": None,
+                "WEBHOOK_BEARER_TOKEN_RUNPOD": "bt_Xq3v9LmR2pTa8ZkW4nYc7HdE",
+            },
             "WEBHOOK_URL_TOKEN_RUNPOD",
         ),
         ({"WEBHOOK_URL_TOKEN_RUNPOD": "short"}, "WEBHOOK_URL_TOKEN_RUNPOD"),

@@ -34,6 +34,12 @@ def _tokens(value: str, variable: str) -> list[bytes]:
         raise ConfigError(f"{variable}: no token given")
     if any(len(token) < MIN_TOKEN_LENGTH for token in tokens):
         raise ConfigError(f"{variable}: tokens must be at least {MIN_TOKEN_LENGTH} characters")
+    for token in value.split():
+        # a sample copied from documentation, or a patterned string, is no secret
+        # (the same rules as ADMIN_TOKEN's, webhook_ingest.weak_tokens)
+        problem = weakness(token)
+        if problem:
+            raise ConfigError(f"{variable}: a token {problem}")
     return tokens
 
 
