@@ -1,8 +1,10 @@
 """Provider payloads become JobStateUpdates as the tables of providers.md say.
 
 Replicate's payload is the prediction itself. OpenAI's event names only the
-response id, so the OpenAI provider fetches `GET {base}/responses/{id}` from the
-fake provider API (a real HTTP server) before mapping.
+object id, so the OpenAI provider fetches it where its family lives (`GET
+{base}/responses/{id}`, `/batches/{id}`, ...; tests/integration/test_openai_families.py
+has the families' own shapes) from the fake provider API (a real HTTP server)
+before mapping.
 """
 
 from __future__ import annotations
@@ -313,21 +315,15 @@ def test_a_long_retry_after_is_left_to_the_task_not_slept_inside_the_request(ope
 @pytest.mark.parametrize(
     ("event_type", "object_id", "status", "error_word"),
     [
-        ("batch.completed", "batch_abc", COMPLETED, None),
-        ("batch.failed", "batch_abc", FAILED, "fail"),
-        ("batch.expired", "batch_abc", FAILED, "expire"),
-        ("batch.cancelled", "batch_abc", FAILED, "cancel"),
-        ("fine_tuning.job.succeeded", "ftjob_abc", COMPLETED, None),
-        ("fine_tuning.job.failed", "ftjob_abc", FAILED, "fail"),
-        ("fine_tuning.job.cancelled", "ftjob_abc", FAILED, "cancel"),
         ("eval.run.succeeded", "evalrun_abc", COMPLETED, None),
         ("eval.run.failed", "evalrun_abc", FAILED, "fail"),
         ("eval.run.canceled", "evalrun_abc", FAILED, "cancel"),
     ],
 )
-def test_non_response_events_map_from_the_event_type_without_a_fetch(
+def test_eval_run_events_map_from_the_event_type_without_a_fetch(
     openai, api, event_type, object_id, status, error_word
 ):
+    # GET /evals/{eval_id}/runs/{id} needs the eval id, which the event does not carry.
     update = openai.to_update(event(event_type, object_id), OPENAI_JOB)
 
     assert api.requests == []
@@ -339,7 +335,49 @@ def test_non_response_events_map_from_the_event_type_without_a_fetch(
     assert openai.waits_for_mapping(event(event_type, object_id)) is True
 
 
-@pytest.mark.parametrize("event_type", ["realtime.call.incoming", "video.completed"])
+@pytest.mark.parametrize(
+    ("event_type", "object_id", "path", "status", "error_word"),
+    [
+        ("batch.completed", "batch_abc", "/v1/batches/batch_abc", COMPLETED, None),
+        ("batch.failed", "batch_abc", "/v1/batches/batch_abc", FAILED, "fail"),
+        ("batch.expired", "batch_abc", "/v1/batches/batch_abc", FAILED, "expire"),
+        ("batch.cancelled", "batch_abc", "/v1/batches/batch_abc", FAILED, "cancel"),
+        (
+            "fine_tuning.job.succeeded",
+            "ftjob-abc",
+            "/v1/fine_tuning/jobs/ftjob-abc",
+            COMPLETED,
+            None,
+        ),
+        ("fine_tuning.job.failed", "ftjob-abc", "/v1/fine_tuning/jobs/ftjob-abc", FAILED, "fail"),
+        (
+            "fine_tuning.job.cancelled",
+            "ftjob-abc",
+            "/v1/fine_tuning/jobs/ftjob-abc",
+            FAILED,
+            "cancel",
+        ),
+        ("video.completed", "video_abc", "/v1/videos/video_abc", COMPLETED, None),
+        ("video.failed", "video_abc", "/v1/videos/video_abc", FAILED, "fail"),
+    ],
+)
+def test_when_another_familys_object_is_gone_its_event_type_decides(
+    openai, api, event_type, object_id, path, status, error_word
+):
+    # The object is fetched where its family lives; a 404 leaves the event type.
+    update = openai.to_update(event(event_type, object_id), OPENAI_JOB)
+
+    assert [r["path"] for r in api.requests] == [path]
+    assert (update.status, update.external_job_id, update.source) == (status, object_id, "webhook")
+    assert (update.provider_status, update.result) == (event_type, None)
+    if error_word is None:
+        assert update.error_message is None
+    else:
+        assert error_word in update.error_message
+    assert openai.waits_for_mapping(event(event_type, object_id)) is True
+
+
+@pytest.mark.parametrize("event_type", ["realtime.call.incoming", "safety.alert.created"])
 def test_an_unknown_event_type_says_nothing_about_a_job_and_does_not_wait(openai, api, event_type):
     payload = event(event_type, "obj_abc")
 

@@ -35,11 +35,8 @@ from webhook_ingest.ingest import parse_payload
 from webhook_ingest.providers import JobRef, PayloadError, http
 from webhook_ingest.providers.declarative import DeclarativeProvider, parse_specs, read_document
 from webhook_ingest.providers.fal import FalProvider
-from webhook_ingest.providers.openai import (
-    _EVENT_STATUS,
-    OpenAIProvider,
-    update_from_response,
-)
+from webhook_ingest.providers.openai import OpenAIProvider, update_from_response
+from webhook_ingest.providers.openai_objects import EVENT_STATUS, FAMILIES, family_of_event
 from webhook_ingest.providers.replicate import ReplicateProvider, update_from_prediction
 from webhook_ingest.providers.runpod import RunPodProvider, update_from_status
 from webhook_ingest.state.job_update import JobStateUpdate, validated
@@ -431,26 +428,67 @@ openai_responses = shaped(
     error=st.one_of(json_values, st.dictionaries(st.just("message"), json_values)),
     incomplete_details=st.one_of(json_values, st.dictionaries(st.just("reason"), json_values)),
 )
-NO_FETCH_TYPES = sorted(t for t in _EVENT_STATUS if not t.startswith("response."))
+
+
+def _fetched_for(event_type: str) -> bool:
+    """Whether the event's object is fetched (its family has an endpoint)."""
+    family = family_of_event(event_type)
+    return family is not None and family.collection is not None
+
+
+NO_FETCH_TYPES = sorted(t for t in EVENT_STATUS if not _fetched_for(t))  # eval runs
 openai_events_without_fetch = shaped(
     type=st.one_of(
-        st.sampled_from([*NO_FETCH_TYPES, "batch.created", "realtime.call.incoming"]),
-        st.text(max_size=20).filter(lambda t: not t.startswith("response.")),
+        st.sampled_from([*NO_FETCH_TYPES, "eval.run.created", "realtime.call.incoming"]),
+        st.text(max_size=20).filter(lambda t: not _fetched_for(t)),
     ),
     data=st.one_of(shaped(id=ids), json_values),
 )
-openai_response_events = shaped(
+openai_fetching_events = shaped(
     type=st.sampled_from(
         [
-            "response.completed",
-            "response.failed",
-            "response.cancelled",
-            "response.incomplete",
+            *sorted(t for t in EVENT_STATUS if _fetched_for(t)),
             "response.created",
             "response.output_text.delta",
+            "batch.created",
         ]
     ),
     data=st.one_of(shaped(id=ids), json_values),
+)
+# Any family's object: every status of every family, and their outcome fields.
+openai_objects = shaped(
+    id=ids,
+    status=st.sampled_from(
+        [
+            *("queued", "in_progress", "completed", "failed", "cancelled", "incomplete"),
+            *("validating", "finalizing", "expired", "cancelling"),
+            *("validating_files", "running", "succeeded", "x"),
+        ]
+    ),
+    output=json_values,
+    error=st.one_of(
+        json_values, st.dictionaries(st.sampled_from(["message", "code"]), json_values)
+    ),
+    errors=st.one_of(
+        json_values,
+        shaped(
+            data=st.one_of(
+                json_values,
+                st.lists(
+                    st.one_of(json_values, shaped(message=json_values, line=json_values)),
+                    max_size=5,
+                ),
+            )
+        ),
+    ),
+    incomplete_details=st.one_of(json_values, st.dictionaries(st.just("reason"), json_values)),
+    request_counts=st.one_of(
+        json_values,
+        shaped(total=json_values, completed=json_values, failed=json_values),
+    ),
+    progress=json_values,
+    fine_tuned_model=json_values,
+    output_file_id=json_values,
 )
 fal_completions = shaped(
     request_id=ids,
@@ -490,23 +528,24 @@ def normalize(function, payload) -> None:
 def _offline_openai(fetched) -> OpenAIProvider:
     provider = OpenAIProvider(SETTINGS, {})
 
-    def fetch(response_id):
-        assert isinstance(response_id, str) and response_id
+    def fetch(family, object_id):
+        assert family in FAMILIES and family.collection is not None
+        assert isinstance(object_id, str) and object_id
         if isinstance(fetched, Exception):
             raise fetched
         return fetched
 
-    provider.fetch_response = fetch
+    provider.fetch_object = fetch
     return provider
 
 
-def _never_fetch(response_id):
-    raise AssertionError(f"fetched {response_id!r} for an event that needs no fetch")
+def _never_fetch(family, object_id):
+    raise AssertionError(f"fetched {family.name} {object_id!r} for an event that needs no fetch")
 
 
 REPLICATE = ReplicateProvider(SETTINGS, {})
 OPENAI = OpenAIProvider(SETTINGS, {})
-OPENAI.fetch_response = _never_fetch
+OPENAI.fetch_object = _never_fetch
 FAL = FalProvider(SETTINGS, {})
 FAL._result_or_none = lambda request_id: {"fetched": request_id}  # the queue, offline
 RUNPOD = RunPodProvider(SETTINGS, {})
@@ -540,13 +579,14 @@ def test_openai_events_that_need_no_fetch_normalize_or_raise_payload_error(event
 
 @FUZZ
 @given(
-    event=openai_response_events,
+    event=openai_fetching_events,
     fetched=st.one_of(
         openai_responses,
+        openai_objects,
         st.just(http.ProviderNotFound("gone")),
     ),
 )
-def test_openai_response_events_normalize_whatever_the_fetch_returns(event, fetched):
+def test_openai_events_normalize_whatever_the_fetch_returns(event, fetched):
     normalize(lambda e: _offline_openai(fetched).to_update(e, JOB), event)
 
 
@@ -725,7 +765,15 @@ def test_the_fuzzed_normalizers_do_map_real_payloads():
         == "completed"
     )
     assert update_from_response({"id": "r", "status": "queued"}, JOB, "webhook").progress == 0
-    assert OPENAI.to_update({"type": "batch.failed", "data": {"id": "b"}}, JOB).status == "failed"
+    assert (
+        OPENAI.to_update({"type": "eval.run.failed", "data": {"id": "e"}}, JOB).status == "failed"
+    )
+    assert (
+        _offline_openai({"id": "b", "status": "expired"})
+        .to_update({"type": "batch.expired", "data": {"id": "b"}}, JOB)
+        .status
+        == "failed"
+    )
     assert (
         FAL.to_update({"request_id": "q", "status": "OK", "payload": {}}, JOB).status == "completed"
     )

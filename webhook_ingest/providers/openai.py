@@ -1,15 +1,19 @@
 """OpenAI: one project-level webhook URL; the event carries only the object id.
 
-Response events are sent for `background: true` responses. The output is not in
-the event, so the worker fetches `GET {base}/responses/{id}`; that fetch may be
-retried (the task backs off on 429/5xx), and if the response is gone (stored data
-can vanish for `store=false` projects) the event type alone decides the status.
+An event names its family in its type (`response.*`, `batch.*`,
+`fine_tuning.job.*`, `video.*`, `eval.run.*`; see openai_objects) and the object
+by id. The outcome is not in the event, so the worker fetches the object where it
+lives (`GET {base}/batches/{id}`, ...); that fetch may be retried (the task backs
+off on 429/5xx), and if the object is gone (stored responses can vanish for
+`store=false` projects) the event type alone decides the status. A poll has only
+the id, whose prefix says the family.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
@@ -21,81 +25,58 @@ from webhook_ingest.providers.base import (
     job_update,
     require_str,
 )
-from webhook_ingest.state.job_update import (
-    COMPLETED,
-    FAILED,
-    PROCESSING,
-    SOURCE_ORPHAN_POLL,
-    SOURCE_WEBHOOK,
-    JobStateUpdate,
+from webhook_ingest.providers.openai_objects import (
+    EVENT_STATUS,
+    FAMILIES,
+    RESPONSE,
+    Family,
+    family_of_event,
+    family_of_id,
 )
+from webhook_ingest.state.job_update import SOURCE_ORPHAN_POLL, SOURCE_WEBHOOK, JobStateUpdate
 
 log = logging.getLogger(__name__)
 
 # The events a project's webhook endpoint should subscribe to for our jobs.
-WEBHOOK_EVENTS = (
-    "response.completed",
-    "response.failed",
-    "response.cancelled",
-    "response.incomplete",
-)
+WEBHOOK_EVENTS = tuple(event_type for family in FAMILIES for event_type in family.events)
 
-# Events whose object is not a response: the event type is the whole story.
-_EVENT_STATUS: dict[str, tuple[str, str | None]] = {
-    "batch.completed": (COMPLETED, None),
-    "batch.failed": (FAILED, "batch failed"),
-    "batch.expired": (FAILED, "batch expired"),
-    "batch.cancelled": (FAILED, "batch cancelled"),
-    "fine_tuning.job.succeeded": (COMPLETED, None),
-    "fine_tuning.job.failed": (FAILED, "fine-tuning job failed"),
-    "fine_tuning.job.cancelled": (FAILED, "fine-tuning job cancelled"),
-    "eval.run.succeeded": (COMPLETED, None),
-    "eval.run.failed": (FAILED, "eval run failed"),
-    "eval.run.canceled": (FAILED, "eval run canceled"),
-    # Used only when the response itself can no longer be fetched.
-    "response.completed": (COMPLETED, None),
-    "response.failed": (FAILED, "response failed"),
-    "response.cancelled": (FAILED, "cancelled"),
-    "response.incomplete": (FAILED, "response incomplete"),
-}
+
+class NotPollable(http.ProviderError):
+    """The id names an object its id alone cannot fetch (an eval run)."""
+
+
+def path_segment(object_id: str) -> str:
+    """`object_id` as one URL path segment: every reserved character quoted, so an
+    id (which POST /jobs and other services may set to anything) cannot point a
+    request sent with our API key at another path. `.` and `..` cannot be quoted
+    past URL normalization (requests unquotes `%2E`), and no OpenAI id is one."""
+    if object_id in (".", ".."):
+        raise PayloadError(f"{object_id!r} is not an OpenAI object id")
+    return quote(object_id, safe="")
+
+
+def update_from_object(
+    family: Family, document: dict[str, Any], job: JobRef, source: str
+) -> JobStateUpdate:
+    """Map a fetched object of `family` (openai_objects) to our update."""
+    external_id = require_str(document, "id")
+    observed = family.observe(document)
+    return job_update(
+        OpenAIProvider.name,
+        job,
+        observed.status,
+        source=source,
+        provider_status=observed.provider_status,
+        external_job_id=external_id,
+        progress=observed.progress,
+        result=observed.result,
+        error_message=observed.error_message,
+    )
 
 
 def update_from_response(response: dict[str, Any], job: JobRef, source: str) -> JobStateUpdate:
     """Map a Response object (providers.md, OpenAI table) to our update."""
-    external_id = require_str(response, "id")
-    status = response.get("status")
-    progress: int | None = None
-    result = None
-    error_message = None
-    if status == "queued":
-        state, progress = PROCESSING, 0
-    elif status == "in_progress":
-        state = PROCESSING
-    elif status == "completed":
-        state, result = COMPLETED, response.get("output")
-    elif status == "failed":
-        error = response.get("error")
-        message = error.get("message") if isinstance(error, dict) else None
-        state, error_message = FAILED, str(message or "response failed")
-    elif status == "cancelled":
-        state, error_message = FAILED, "cancelled"
-    elif status == "incomplete":
-        details = response.get("incomplete_details")
-        reason = details.get("reason") if isinstance(details, dict) else None
-        state, error_message = FAILED, f"incomplete: {reason}" if reason else "incomplete"
-    else:
-        raise PayloadError(f"unknown OpenAI response status {status!r:.40}")
-    return job_update(
-        OpenAIProvider.name,
-        job,
-        state,
-        source=source,
-        provider_status=status,
-        external_job_id=external_id,
-        progress=progress,
-        result=result,
-        error_message=error_message,
-    )
+    return update_from_object(RESPONSE, response, job, source)
 
 
 class OpenAIProvider(Provider):
@@ -107,30 +88,38 @@ class OpenAIProvider(Provider):
 
     def waits_for_mapping(self, payload: dict[str, Any]) -> bool:
         event_type = payload.get("type") if isinstance(payload, dict) else None
-        return isinstance(event_type, str) and event_type in _EVENT_STATUS
+        return isinstance(event_type, str) and event_type in EVENT_STATUS
 
-    def fetch_response(self, response_id: str) -> dict[str, Any]:
-        _, body = http.get_json(self.session, f"{self.base_url}/responses/{response_id}")
+    def fetch_object(self, family: Family, object_id: str) -> dict[str, Any]:
+        """GET the object where its family lives. Raises NotPollable for a family
+        its id alone cannot fetch, http.Provider* errors otherwise."""
+        if family.collection is None:
+            raise NotPollable(
+                f"OpenAI {family.name} objects cannot be fetched by their id alone: "
+                "such jobs are updated by webhook only"
+            )
+        url = f"{self.base_url}/{family.collection}/{path_segment(object_id)}"
+        _, body = http.get_json(self.session, url)
         return body
 
     def to_update(self, payload: dict[str, Any], job: JobRef) -> JobStateUpdate | None:
         event_type = require_str(payload, "type")
-        if event_type not in _EVENT_STATUS and not event_type.startswith("response."):
+        family = family_of_event(event_type)
+        if family is None:
             return None  # recorded by the caller, not an error: OpenAI adds event types
         object_id = self.external_id(payload)
-        if event_type.startswith("response."):
+        if family.collection is not None:
             try:
-                return update_from_response(self.fetch_response(object_id), job, SOURCE_WEBHOOK)
+                document = self.fetch_object(family, object_id)
+                return update_from_object(family, document, job, SOURCE_WEBHOOK)
             except http.ProviderNotFound:
-                if event_type not in _EVENT_STATUS:
-                    return None
                 log.warning(
-                    "openai response gone; status from event type",
+                    "openai object gone; status from event type",
                     extra={"job_id": job.job_id, "event_type": event_type},
                 )
-        if event_type not in _EVENT_STATUS:
+        if event_type not in EVENT_STATUS:
             return None  # recorded by the caller, not an error: OpenAI adds event types
-        status, error_message = _EVENT_STATUS[event_type]
+        status, error_message = EVENT_STATUS[event_type]
         return self.update(
             job,
             status,
@@ -158,6 +147,7 @@ class OpenAIProvider(Provider):
         return require_str(response, "id")
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
-        return update_from_response(
-            self.fetch_response(job.external_job_id), job, SOURCE_ORPHAN_POLL
-        )
+        """Ask about the job's object where its id's prefix says it lives."""
+        family = family_of_id(job.external_job_id)
+        document = self.fetch_object(family, job.external_job_id)
+        return update_from_object(family, document, job, SOURCE_ORPHAN_POLL)
