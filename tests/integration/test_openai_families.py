@@ -488,6 +488,25 @@ def test_an_eval_run_is_known_by_its_event_and_never_fetched_without_its_eval_id
     assert api.requests == []
 
 
+def test_the_poller_leaves_an_eval_run_to_its_webhook_instead_of_failing_it(
+    client, services, worker, redis_client, api, poller, job_id
+):
+    """Past the 404 grace an eval run polled at /v1/responses was failed as unknown;
+    it cannot be polled at all, so the poller backs off and its event decides."""
+    run_id = new_id("evalrun_")
+    services.jobs.register(job_id, "openai", run_id)
+    later = registered_at(redis_client, job_id) + (GRACE_S + AFTER_S) * 1000 + 3600 * 1000
+
+    assert poller.poll("openai", job_id, now_ms=later) is PollOutcome.BACKING_OFF
+    assert state_of(redis_client, job_id).get("status") != FAILED
+    assert api.requests == []
+
+    deliver(client, event("eval.run.succeeded", run_id))
+
+    state = finished_state(redis_client, job_id)
+    assert (state["status"], state["source"]) == (COMPLETED, "webhook")
+
+
 # -- ids in URLs -----------------------------------------------------------------------------
 
 
