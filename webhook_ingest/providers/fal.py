@@ -12,6 +12,8 @@ Queue API (`FAL_BASE_URL`, default https://queue.fal.run):
 where `app` is the model id without its subpath (`fal-ai/flux` for
 `fal-ai/flux/dev`). The request id alone does not say which app, so submit
 records it (providers.poll_targets), taken from the `status_url` fal answers.
+The result request of a request that failed answers with the request's error
+(`error_type`, or a model's typed `detail` list): that ends the job with it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from webhook_ingest.verification.ed25519_jwks import (
 
 log = logging.getLogger(__name__)
 
+_ERROR_TEXT_LIMIT = 500
+
 # The value to give WEBHOOK_JWKS_URL_FAL in production (fal's published key set).
 FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 
@@ -65,6 +69,26 @@ _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)
 def _error_text(answer: dict[str, Any]) -> str:
     error = answer.get("error")
     return str(error) if error else "fal request failed"
+
+
+def _result_failure(exc: http.ProviderError) -> tuple[str, str] | None:
+    """(fal's error type, the job's error message) when an error answer to a result
+    request is the request's own failure: a request error (`{"detail": text,
+    "error_type": ...}`, the type also in `X-Fal-Error-Type`) or a model error (a
+    `detail` list of `{"loc", "msg", "type"}`). None for any other error answer."""
+    answer = exc.answer or {}
+    detail = answer.get("detail")
+    error_type = answer.get("error_type") or exc.headers.get("X-Fal-Error-Type")
+    if isinstance(error_type, str) and error_type:
+        said = detail if isinstance(detail, str) and detail else f"HTTP {exc.status}"
+        return error_type, f"fal request failed ({error_type}): {said}"[:_ERROR_TEXT_LIMIT]
+    errors = [e for e in detail if isinstance(e, dict)] if isinstance(detail, list) else []
+    if not errors:
+        return None
+    kind = errors[0].get("type")
+    kind = kind if isinstance(kind, str) and kind else f"HTTP {exc.status}"
+    said = "; ".join(str(e.get("msg")) for e in errors if e.get("msg"))
+    return kind, f"fal model error ({kind}): {said or 'no message'}"[:_ERROR_TEXT_LIMIT]
 
 
 def app_id(model: str, answer: dict[str, Any], base_url: str, request_id: str) -> str:
@@ -205,8 +229,24 @@ class FalProvider(Provider):
         elif status.get("error"):
             state, observed = FAILED, {"error_message": _error_text(status)}
         else:
-            state, observed = COMPLETED, {"result": self._get(url)}
-        return self.update(job, state, source=SOURCE_ORPHAN_POLL, provider_status=raw, **observed)
+            state, observed = self._completed(url)
+        observed.setdefault("provider_status", raw)
+        return self.update(job, state, source=SOURCE_ORPHAN_POLL, **observed)
+
+    def _completed(self, url: str) -> tuple[str, dict[str, Any]]:
+        """A completed request's result, or its failure when the result request answers
+        with the request's own error: fal keeps that answer, so asking again only
+        repeats it."""
+        try:
+            return COMPLETED, {"result": self._get(url)}
+        except http.ProviderNotFound:
+            raise  # expired or unknown: the poller's grace period decides
+        except http.ProviderError as exc:
+            failure = _result_failure(exc)
+            if failure is None:
+                raise  # the queue API's own trouble (a gateway 502, our key): asked again
+            error_type, text = failure
+            return FAILED, {"provider_status": error_type, "error_message": text}
 
     def _request_url(self, request_id: str) -> str:
         """Raises LookupError when submit did not record the request's app."""

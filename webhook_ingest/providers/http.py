@@ -11,6 +11,9 @@ and the task retries later with a countdown.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import InvalidHeader
@@ -22,21 +25,47 @@ from webhook_ingest.observability.metrics import PROVIDER_API_ERRORS
 CONNECT_TIMEOUT = 3.05
 READ_TIMEOUT = 10
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# An error answer's reason is read from at most this much of its body.
+MAX_ERROR_ANSWER_BYTES = 64 * 1024
 # Only for its Retry-After parser, the one requests already relies on.
 _RETRY_AFTER_PARSER = Retry(0)
 
 
 class ProviderError(Exception):
-    """The provider API did not give a usable answer."""
+    """The provider API did not give a usable answer.
+
+    `status`, `answer` (the JSON object it answered with, if any) and `headers` keep
+    the provider's own words: some error answers are a job's definitive end (a
+    Stability 403 is its content moderation, a fal result with `error_type` the
+    request's failure), which only the provider's module can tell.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        answer: dict | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.answer = answer
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
 
 
 class ProviderUnavailable(ProviderError):
     """A transient failure (timeout, 429, 5xx): try again later."""
 
-    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        status: int | None = None,
+        **answered: Any,
+    ) -> None:
+        super().__init__(message, status=status, **answered)
         self.retry_after = retry_after
-        self.status = status
 
 
 class ProviderNotFound(ProviderError):
@@ -128,13 +157,16 @@ def _checked_json(session: requests.Session, response: requests.Response) -> dic
     if status >= 400:
         _count_error(session, response)
     if status == 404:
-        raise ProviderNotFound("provider answered 404")
+        raise ProviderNotFound("provider answered 404", status=status)
     if status in RETRY_STATUSES:
         raise ProviderUnavailable(
-            f"provider answered {status}", retry_after=_retry_after(response), status=status
+            f"provider answered {status}",
+            retry_after=_retry_after(response),
+            status=status,
+            **_answered(response),
         )
     if status >= 400:
-        raise ProviderError(f"provider answered {status}")
+        raise ProviderError(f"provider answered {status}", status=status, **_answered(response))
     try:
         body = strict_json.loads(response.content)
     except ValueError:
@@ -144,6 +176,19 @@ def _checked_json(session: requests.Session, response: requests.Response) -> dic
         _count_error(session, "invalid_body")
         raise ProviderError("provider answered with JSON that is not an object")
     return body
+
+
+def _answered(response: requests.Response) -> dict[str, Any]:
+    """An error answer's JSON object and headers, for the provider module to read its
+    reason from; an answer that is not a small JSON object keeps only the headers."""
+    answer = None
+    if len(response.content) <= MAX_ERROR_ANSWER_BYTES:
+        try:
+            parsed = strict_json.loads(response.content)
+        except ValueError:
+            parsed = None
+        answer = parsed if isinstance(parsed, dict) else None
+    return {"answer": answer, "headers": response.headers}
 
 
 def _retry_after(response: requests.Response) -> float | None:

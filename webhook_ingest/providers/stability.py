@@ -2,8 +2,10 @@
 
 Async generations answer `{"id": ...}`; `GET {base}/v2beta/results/{id}` (with
 `Accept: application/json`) answers 202 while running, 200 with the base64
-artifact and a `finish_reason` when done (CONTENT_FILTERED is a failure), 404
-when unknown or expired (results are kept 24 hours).
+artifact and a `finish_reason` when done (CONTENT_FILTERED is a failure), 403
+when the generation was flagged by content moderation, 400 when the request is
+invalid, 404 when unknown or expired (results are kept 24 hours). Errors answer
+`{"id", "name", "errors": [...]}`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,23 @@ from webhook_ingest.state.job_update import (
     SOURCE_ORPHAN_POLL,
     JobStateUpdate,
 )
+
+# Answers that end the job, with what each means when Stability names no error.
+DEFINITIVE_ERRORS = {403: "content moderation", 400: "invalid request"}
+_ERROR_TEXT_LIMIT = 500
+
+
+def _error_name(exc: http.ProviderError) -> str:
+    """Stability's own name for the error (`content_moderation`), else what the status means."""
+    name = (exc.answer or {}).get("name")
+    return name if isinstance(name, str) and name else DEFINITIVE_ERRORS[exc.status]
+
+
+def _error_text(exc: http.ProviderError) -> str:
+    errors = (exc.answer or {}).get("errors")
+    said = "; ".join(e for e in errors if isinstance(e, str)) if isinstance(errors, list) else ""
+    text = f"Stability AI: {_error_name(exc)} (HTTP {exc.status})" + (f": {said}" if said else "")
+    return text if len(text) <= _ERROR_TEXT_LIMIT else text[: _ERROR_TEXT_LIMIT - 1] + "…"
 
 
 class StabilityProvider(Provider):
@@ -63,9 +82,22 @@ class StabilityProvider(Provider):
         return require_str(answer, "id")
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
-        status, body = http.get_json(
-            self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
-        )
+        try:
+            status, body = http.get_json(
+                self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
+            )
+        except http.ProviderError as exc:
+            if exc.status not in DEFINITIVE_ERRORS:
+                raise
+            # Asking again gets the same answer until the result expires (404):
+            # the job ends now, with Stability's reason.
+            return self.update(
+                job,
+                FAILED,
+                source=SOURCE_ORPHAN_POLL,
+                provider_status=_error_name(exc),
+                error_message=_error_text(exc),
+            )
         # Its own word for how the job stands: the status while running, then the reason.
         said = body.get("status") if status == 202 else body.get("finish_reason")
         if status == 202:  # {"id", "status": "in-progress"}
