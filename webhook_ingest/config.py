@@ -33,6 +33,11 @@ DEFAULT_DEDUP_TTL_SECONDS = 3 * 24 * 3600 + 3600
 # The Redis broker redelivers an unacknowledged message after this long; retry
 # countdowns must stay below it or a waiting retry is redelivered as a duplicate.
 MAX_VISIBILITY_TIMEOUT_SECONDS = 120
+DEFAULT_ORPHAN_POLL_INTERVAL_SECONDS = 60
+# Failing polls (5xx, 429, timeouts, answers we cannot read) of one job end it after
+# this long: by then Stability, the longest keeper here, has deleted the result,
+# and the backoff has been asking once an hour for most of the day.
+DEFAULT_ORPHAN_GIVE_UP_SECONDS = 24 * 3600
 # The consistency check leaves a job alone this long after it finished: late
 # webhooks and provider-side bookkeeping settle first.
 CONSISTENCY_SETTLE_SECONDS = 60
@@ -67,6 +72,7 @@ class Settings:
     orphan_poll_interval_seconds: int
     orphan_polls_per_minute: int
     orphan_not_found_grace_seconds: int
+    orphan_give_up_seconds: int
     adoption_scan_budget: int
     consistency_check_interval_seconds: int
     consistency_check_sample: int
@@ -190,11 +196,17 @@ class SettingsSchema(Schema):
         data_key="WEBHOOK_BASE_URL", load_default=None, validate=_http_url
     )
     orphan_after_seconds = _int("ORPHAN_AFTER_SECONDS", 300, _positive)
-    orphan_poll_interval_seconds = _int("ORPHAN_POLL_INTERVAL_SECONDS", 60, _positive)
+    orphan_poll_interval_seconds = _int(
+        "ORPHAN_POLL_INTERVAL_SECONDS", DEFAULT_ORPHAN_POLL_INTERVAL_SECONDS, _positive
+    )
     # Per provider: a thousand orphans must not hammer one API.
     orphan_polls_per_minute = _int("ORPHAN_POLLS_PER_MINUTE", 120, _positive)
     # A provider may not know a job it just accepted; after this a 404 is final.
     orphan_not_found_grace_seconds = _int("ORPHAN_NOT_FOUND_GRACE_SECONDS", 600, validate.Range(0))
+    # No job is polled forever: one whose polls have failed this long is failed.
+    orphan_give_up_seconds = _int(
+        "ORPHAN_GIVE_UP_SECONDS", DEFAULT_ORPHAN_GIVE_UP_SECONDS, _positive
+    )
     # Keys of the keyspace examined per tick when adopting mappings other services wrote.
     adoption_scan_budget = _int("ADOPTION_SCAN_BUDGET", 50_000, validate.Range(min=100))
     consistency_check_interval_seconds = _int("CONSISTENCY_CHECK_INTERVAL_SECONDS", 300, _positive)
@@ -247,6 +259,16 @@ class SettingsSchema(Schema):
                 "(the visibility timeout, the longest retry countdown and the task time limit): "
                 "a delivery the broker still holds would be redriven as a duplicate",
                 field_name="JOURNAL_REDRIVE_AFTER_SECONDS",
+            )
+
+    @validates_schema
+    def _give_up_after_a_retry(self, data: dict, **_: object) -> None:
+        interval = data.get("orphan_poll_interval_seconds", DEFAULT_ORPHAN_POLL_INTERVAL_SECONDS)
+        if data.get("orphan_give_up_seconds", DEFAULT_ORPHAN_GIVE_UP_SECONDS) < interval:
+            raise ValidationError(
+                f"must be at least ORPHAN_POLL_INTERVAL_SECONDS={interval}: a job would be "
+                "failed on its first failed poll, without being asked again",
+                field_name="ORPHAN_GIVE_UP_SECONDS",
             )
 
     @validates_schema

@@ -2,7 +2,10 @@
 
 A poll answer that is definitive ends the job with the provider's own reason:
 Stability's 403 (content moderation) and 400 (invalid), fal's result request
-answering the request's error (`error_type`). Other error answers back off.
+answering the request's error (`error_type`). Transient answers (5xx, 429,
+timeouts) back off, but no job is polled forever: after ORPHAN_GIVE_UP_SECONDS of
+failing polls it is failed with a reason that says so, counted in
+`webhook_orphans_given_up_total`.
 
 The provider APIs are the fake API server (tests.support.FakeProviderAPI)
 answering in the documented shapes; time is passed to the poller as `now_ms`.
@@ -14,9 +17,10 @@ import uuid
 from urllib.parse import urlencode
 
 import pytest
+from prometheus_client import REGISTRY
 
 from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
-from webhook_ingest.providers import JobRequest
+from webhook_ingest.providers import JobRequest, http
 from webhook_ingest.services import Services
 from webhook_ingest.state import keys
 
@@ -62,6 +66,11 @@ def tracked(redis_client, provider: str, job_id: str) -> bool:
 
 def registered_at(redis_client, job_id: str) -> int:
     return int(redis_client.hget(keys.job_mapping(job_id), "created_at"))
+
+
+def given_up(provider: str) -> float:
+    value = REGISTRY.get_sample_value("webhook_orphans_given_up_total", {"provider": provider})
+    return value or 0.0
 
 
 def poll_until_settled(poller: OrphanPoller, provider: str, job_id: str, start: int, polls: int):
@@ -274,3 +283,93 @@ def test_a_fal_result_error_of_the_queue_api_itself_is_asked_again(
     assert outcome is PollOutcome.BACKING_OFF
     assert not state_of(redis_client, job_id)
     assert tracked(redis_client, "fal", job_id)
+
+
+# -- no job is polled forever ---------------------------------------------------------
+
+
+FAILING = {
+    "503": lambda api, path: api.respond("GET", path, (503, {"error": "unavailable"})),
+    "429": lambda api, path: api.respond(
+        "GET", path, (429, {"error": "rate limited"}, {"Retry-After": "120"})
+    ),
+    "timeout": lambda api, path: (
+        api.respond("GET", path, (200, {"id": "x", "status": "in-progress"})),
+        api.hold("GET", path, 1.0, times=100),
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", FAILING.values(), ids=FAILING.keys())
+def test_polls_that_keep_failing_give_up_at_the_bound_with_a_reason_and_a_count(
+    poller, services, redis_client, api, job_id, failure, monkeypatch
+):
+    monkeypatch.setattr(http, "READ_TIMEOUT", 0.2)  # a timeout in a fifth of a second
+    prediction = f"pred_{uuid.uuid4().hex[:10]}"
+    path = f"/v1/predictions/{prediction}"
+    failure(api, path)
+    services.jobs.register(job_id, "replicate", prediction)
+    first = registered_at(redis_client, job_id) + AFTER
+    before = given_up("replicate")
+
+    outcomes, moments = poll_until_settled(poller, "replicate", job_id, first, polls=200)
+
+    print(
+        f"\nfailing polls at (s after the first): {[(m - first) // 1000 for m in moments]}"
+        f" -> {outcomes[-1].value}"
+    )
+    assert outcomes[-1] is PollOutcome.GAVE_UP
+    assert set(outcomes[:-1]) == {PollOutcome.BACKING_OFF}
+    assert 2 <= len(outcomes) <= 12  # backed off, not hammered
+    # Given up at the bound: the last poll is the first tick at or after it.
+    assert GIVE_UP <= moments[-1] - first < GIVE_UP + INTERVAL
+    state = state_of(redis_client, job_id)
+    assert state["status"] == "failed"
+    assert state["source"] == "orphan_poll"
+    message = state["error_message"]
+    assert message.startswith(f"gave up polling replicate for job {prediction}: its polls failed")
+    assert f"ORPHAN_GIVE_UP_SECONDS={GIVE_UP_S}" in message
+    assert "last: " in message
+    assert given_up("replicate") == before + 1
+    assert not tracked(redis_client, "replicate", job_id)
+    assert not redis_client.exists(keys.POLL_FAILURES)  # nothing left behind
+
+
+def test_one_good_answer_starts_the_give_up_clock_again(
+    poller, services, redis_client, api, job_id
+):
+    prediction = f"pred_{uuid.uuid4().hex[:10]}"
+    path = f"/v1/predictions/{prediction}"
+    services.jobs.register(job_id, "replicate", prediction)
+    first = registered_at(redis_client, job_id) + AFTER
+
+    api.respond("GET", path, (503, {"error": "unavailable"}))
+    assert poller.poll("replicate", job_id, now_ms=first) is PollOutcome.BACKING_OFF
+    api.respond("GET", path, (200, {"id": prediction, "status": "processing", "logs": ""}))
+    assert poller.poll("replicate", job_id, now_ms=first + GIVE_UP - 1) is PollOutcome.APPLIED
+    api.respond("GET", path, (503, {"error": "unavailable"}))
+
+    # Failing again from here: a fresh run of failures, not the old one's bound.
+    assert poller.poll("replicate", job_id, now_ms=first + GIVE_UP) is PollOutcome.BACKING_OFF
+    assert state_of(redis_client, job_id)["status"] == "processing"
+    assert poller.poll("replicate", job_id, now_ms=first + 2 * GIVE_UP) is PollOutcome.GAVE_UP
+
+
+def test_a_job_finished_by_a_webhook_forgets_when_its_polls_began_failing(
+    poller, services, redis_client, api, job_id
+):
+    from webhook_ingest.state.job_update import JobStateUpdate
+
+    prediction = f"pred_{uuid.uuid4().hex[:10]}"
+    api.respond("GET", f"/v1/predictions/{prediction}", (503, {"error": "unavailable"}))
+    services.jobs.register(job_id, "replicate", prediction)
+    now = registered_at(redis_client, job_id) + AFTER
+    assert poller.poll("replicate", job_id, now_ms=now) is PollOutcome.BACKING_OFF
+    assert redis_client.hget(keys.POLL_FAILURES, f"{job_id}:failing_since") == str(now)
+
+    services.state.apply(
+        JobStateUpdate(job_id=job_id, status="completed", provider="replicate", source="webhook"),
+        "msg-final",
+    )
+
+    assert not redis_client.exists(keys.POLL_FAILURES)

@@ -25,6 +25,7 @@ from webhook_ingest.config import ConfigError, load_settings
         ("max_body_bytes", 1_048_576),
         ("orphan_after_seconds", 300),
         ("orphan_poll_interval_seconds", 60),
+        ("orphan_give_up_seconds", 86_400),
         ("webhook_base_url", "http://localhost:8000"),
         ("admin_token", None),  # operator endpoints disabled
         ("worker_metrics_address", "127.0.0.1"),  # like Flower: loopback unless asked
@@ -61,6 +62,8 @@ def test_the_webhook_base_url_defaults_to_localhost_on_the_configured_port():
         ("MAX_BODY_BYTES", "65536", "max_body_bytes", 65536),
         ("ORPHAN_AFTER_SECONDS", "900", "orphan_after_seconds", 900),
         ("ORPHAN_POLL_INTERVAL_SECONDS", "15", "orphan_poll_interval_seconds", 15),
+        ("ORPHAN_GIVE_UP_SECONDS", "3600", "orphan_give_up_seconds", 3600),
+        ("ORPHAN_GIVE_UP_SECONDS", "60", "orphan_give_up_seconds", 60),  # one interval
         ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "120", "broker_visibility_timeout_seconds", 120),
         ("WEBHOOK_BASE_URL", "https://hooks.example.com", "webhook_base_url", None),
         ("WORKER_METRICS_ADDRESS", "0.0.0.0", "worker_metrics_address", None),
@@ -92,6 +95,9 @@ def test_valid_values_are_used(variable, value, attribute, expected):
         ("MAX_BODY_BYTES", "1MB"),
         ("ORPHAN_AFTER_SECONDS", "0"),
         ("ORPHAN_POLL_INTERVAL_SECONDS", "often"),
+        ("ORPHAN_GIVE_UP_SECONDS", "0"),
+        ("ORPHAN_GIVE_UP_SECONDS", "a day"),
+        ("ORPHAN_GIVE_UP_SECONDS", "59"),  # under the default interval: no second poll
         ("WEBHOOK_BASE_URL", "not a url"),
         ("WORKER_METRICS_ADDRESS", "metrics.example.com"),
         ("DELIVERY_DEDUP_TTL_SECONDS", "599"),  # under twice the default tolerance
@@ -103,6 +109,16 @@ def test_valid_values_are_used(variable, value, attribute, expected):
 def test_a_bad_value_is_a_config_error_naming_the_variable(variable, value):
     with pytest.raises(ConfigError, match=variable):
         load_settings({variable: value})
+
+
+def test_the_give_up_bound_follows_the_poll_interval():
+    settings = load_settings(
+        {"ORPHAN_POLL_INTERVAL_SECONDS": "120", "ORPHAN_GIVE_UP_SECONDS": "120"}
+    )
+    assert settings.orphan_give_up_seconds == 120
+
+    with pytest.raises(ConfigError, match="ORPHAN_GIVE_UP_SECONDS: must be at least .*=120"):
+        load_settings({"ORPHAN_POLL_INTERVAL_SECONDS": "120", "ORPHAN_GIVE_UP_SECONDS": "119"})
 
 
 def test_every_bad_variable_is_named_at_once():

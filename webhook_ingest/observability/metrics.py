@@ -86,8 +86,14 @@ ORPHANS_DETECTED = Counter(
 ORPHAN_POLLS = Counter(
     "webhook_orphan_polls_total",
     "Orphan polls by provider and outcome (applied, unchanged, finished, not_found, "
-    "backing_off, forgotten).",
+    "backing_off, gave_up, forgotten).",
     ["provider", "outcome"],
+)
+ORPHANS_GIVEN_UP = Counter(
+    "webhook_orphans_given_up_total",
+    "Jobs failed by the orphan poller because their polls kept failing (provider "
+    "errors, timeouts, answers it could not read) for ORPHAN_GIVE_UP_SECONDS.",
+    ["provider"],
 )
 PROVIDER_API_ERRORS = Counter(
     "webhook_provider_api_errors_total",

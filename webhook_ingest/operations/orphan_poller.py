@@ -7,6 +7,12 @@ those jobs one interval forward in the same atomic step, so each stale job is
 polled once per interval however many ticks or beats run. The cost of a tick
 grows with the stale jobs it returns, not with the jobs tracked.
 
+A poll whose answer is definitive (a terminal status, a provider's own error
+such as Stability's content moderation, a 404 after the grace period) ends the
+job. One that fails (5xx, 429, timeouts, an answer we cannot read) is asked
+again with backoff, but not forever: after ORPHAN_GIVE_UP_SECONDS of failing
+polls the job is failed with a reason that says so.
+
 Mappings that other services wrote with a plain HSET enter the indexes through
 webhook_ingest.operations.adoption.
 """
@@ -18,6 +24,7 @@ import logging
 import math
 
 from webhook_ingest.clock import now_ms as _now_ms
+from webhook_ingest.observability.metrics import ORPHANS_GIVEN_UP
 from webhook_ingest.providers import JobRef, PayloadError
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound, ProviderUnavailable
 from webhook_ingest.services import Services
@@ -48,6 +55,7 @@ class PollOutcome(enum.StrEnum):
     FORGOTTEN = "forgotten"  # no mapping any more: left the live index
     NOT_FOUND = "not_found"  # the provider no longer knows it: failed
     BACKING_OFF = "backing_off"  # provider error: asked again later
+    GAVE_UP = "gave_up"  # polls failed for ORPHAN_GIVE_UP_SECONDS: failed
 
 
 class OrphanPoller:
@@ -110,7 +118,7 @@ class OrphanPoller:
             update = provider.poll_job_status(job)
         except ProviderNotFound:
             if now - self._known_since(job_id, mapping, now) < self._grace_ms:
-                return self._back_off(provider_name, job_id, now)
+                return self._failed_poll(job, now, "provider answered 404")
             update = provider.update(
                 job,
                 FAILED,
@@ -127,7 +135,7 @@ class OrphanPoller:
             return PollOutcome.NOT_FOUND
         except (ProviderUnavailable, ProviderError, PayloadError) as exc:
             log.warning("orphan poll failed: %s", exc, extra=context)
-            return self._back_off(provider_name, job_id, now, getattr(exc, "retry_after", None))
+            return self._failed_poll(job, now, str(exc), getattr(exc, "retry_after", None))
 
         applied = self._services.state.apply(update)
         self._forget_failures(job_id)
@@ -156,11 +164,64 @@ class OrphanPoller:
         self._redis.hsetnx(keys.POLL_FAILURES, first, now)
         return int(self._redis.hget(keys.POLL_FAILURES, first))
 
+    @property
+    def _give_up_ms(self) -> int:
+        return self._services.settings.orphan_give_up_seconds * 1000
+
+    def _failed_poll(
+        self, job: JobRef, now: int, reason: str, retry_after: float | None = None
+    ) -> PollOutcome:
+        """Asked again later, unless its polls have been failing for the give-up bound."""
+        since = self._failing_since(job.job_id, now)
+        if now - since >= self._give_up_ms:
+            return self._give_up(job, now - since, reason)
+        return self._back_off(job.provider, job.job_id, now, since, retry_after)
+
+    def _failing_since(self, job_id: str, now: int) -> int:
+        """When the job's current run of failed polls began (a good answer ends a run)."""
+        field = f"{job_id}:failing_since"
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(keys.POLL_FAILURES, field, now)
+            pipe.hget(keys.POLL_FAILURES, field)
+            return int(pipe.execute()[1])
+
+    def _give_up(self, job: JobRef, failing_ms: int, reason: str) -> PollOutcome:
+        give_up_s = self._services.settings.orphan_give_up_seconds
+        update = self._services.providers[job.provider].update(
+            job,
+            FAILED,
+            source=SOURCE_ORPHAN_POLL,
+            provider_status=None,  # the provider said nothing we could read
+            error_message=(
+                f"gave up polling {job.provider} for job {job.external_job_id}: its polls "
+                f"failed for {failing_ms // 1000} s (ORPHAN_GIVE_UP_SECONDS={give_up_s}); "
+                f"last: {reason}"
+            ),
+        )
+        applied = self._services.state.apply(update)
+        live = keys.live_jobs(job.provider)
+        if applied.outcome is Outcome.TERMINAL:  # finished meanwhile: nothing given up
+            return self._leave(live, job.job_id, PollOutcome.FINISHED)
+        self._forget_failures(job.job_id)
+        ORPHANS_GIVEN_UP.labels(job.provider).inc()
+        log.error(
+            "orphan given up: its polls kept failing",
+            extra={"job_id": job.job_id, "provider": job.provider, "failing_s": failing_ms // 1000},
+        )
+        return PollOutcome.GAVE_UP
+
     def _back_off(
-        self, provider_name: str, job_id: str, now: int, retry_after: float | None = None
+        self,
+        provider_name: str,
+        job_id: str,
+        now: int,
+        failing_since: int,
+        retry_after: float | None = None,
     ) -> PollOutcome:
         failures = self._redis.hincrby(keys.POLL_FAILURES, job_id, 1)
         delay_ms = min(self.interval_ms * 2 ** (failures - 1), MAX_BACKOFF_SECONDS * 1000)
+        # The last try comes at the give-up bound, not up to an hour after it.
+        delay_ms = min(delay_ms, failing_since + self._give_up_ms - now)
         if retry_after:  # the provider said when to come back: not sooner
             delay_ms = max(delay_ms, int(retry_after * 1000))
         # XX: a job that finished meanwhile stays out of the index.
@@ -170,4 +231,6 @@ class OrphanPoller:
         return PollOutcome.BACKING_OFF
 
     def _forget_failures(self, job_id: str) -> None:
-        self._redis.hdel(keys.POLL_FAILURES, job_id, f"{job_id}:first_404")
+        self._redis.hdel(
+            keys.POLL_FAILURES, job_id, f"{job_id}:first_404", f"{job_id}:failing_since"
+        )

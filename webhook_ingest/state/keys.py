@@ -28,7 +28,9 @@ def live_jobs(provider: str) -> str:
     return f"webhook_ingest:live_jobs:{provider}"
 
 
-POLL_FAILURES = "webhook_ingest:poll_failures"  # hash job_id -> consecutive failed polls
+# hash: job_id -> consecutive failed polls, {job_id}:failing_since -> when that run
+# began (ms; the give-up bound), {job_id}:first_404 -> a timeless mapping's first 404
+POLL_FAILURES = "webhook_ingest:poll_failures"
 ADOPTION_CURSOR = "webhook_ingest:adoption_cursor"  # SCAN cursor over job_mapping:*
 
 

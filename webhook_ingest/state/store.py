@@ -123,7 +123,7 @@ redis.call('HSET', state_key, unpack(fields))
 
 if status == 'completed' or status == 'failed' then
   redis.call('ZREM', live_key, job_id)
-  redis.call('HDEL', poll_failures_key, job_id, job_id .. ':first_404')
+  redis.call('HDEL', poll_failures_key, job_id, job_id .. ':first_404', job_id .. ':failing_since')
   -- What the consistency check samples: only jobs the provider can be asked about.
   if external_id ~= '' then
     redis.call('ZADD', finished_key, updated_at, job_id)
