@@ -5,7 +5,8 @@ Stability's 403 (content moderation) and 400 (invalid), fal's result request
 answering the request's error (`error_type`). Transient answers (5xx, 429,
 timeouts) back off, but no job is polled forever: after ORPHAN_GIVE_UP_SECONDS of
 failing polls it is failed with a reason that says so, counted in
-`webhook_orphans_given_up_total`.
+`webhook_orphans_given_up_total`. A provider that cannot poll (a declarative one
+without a `poll` block) is never polled.
 
 The provider APIs are the fake API server (tests.support.FakeProviderAPI)
 answering in the documented shapes; time is passed to the poller as `now_ms`.
@@ -13,10 +14,13 @@ answering in the documented shapes; time is passed to the poller as `now_ms`.
 
 from __future__ import annotations
 
+import secrets
 import uuid
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
@@ -27,6 +31,7 @@ from webhook_ingest.state import keys
 AFTER_S, INTERVAL_S, GIVE_UP_S = 180, 30, 3600
 AFTER, INTERVAL, GIVE_UP = AFTER_S * 1000, INTERVAL_S * 1000, GIVE_UP_S * 1000
 FAL_API_KEY = "fal-key-" + uuid.uuid4().hex
+ACME_SECRET = "acme-" + secrets.token_hex(20)
 
 
 @pytest.fixture
@@ -373,3 +378,45 @@ def test_a_job_finished_by_a_webhook_forgets_when_its_polls_began_failing(
     )
 
     assert not redis_client.exists(keys.POLL_FAILURES)
+
+
+# -- only providers that can poll are polled ---------------------------------------------
+
+
+def providers_file(tmp_path: Path) -> Path:
+    """A declarative provider that receives webhooks and has no `poll` block."""
+    path = tmp_path / "providers.yaml"
+    acme = {
+        "name": "acme",
+        "verification": {
+            "scheme": "hmac",
+            "secret_env": "ACME_SECRET",
+            "signature_header": "X-Acme-Signature",
+        },
+        "external_id": "job.id",
+        "status": "job.state",
+        "status_map": {"running": "processing", "done": "completed"},
+    }
+    path.write_text(yaml.safe_dump({"providers": [acme]}))
+    return path
+
+
+def test_a_declarative_provider_without_a_poll_block_is_never_polled(
+    poller_services, redis_client, api, job_id, tmp_path
+):
+    services = poller_services(
+        WEBHOOK_PROVIDERS_FILE=str(providers_file(tmp_path)), ACME_SECRET=ACME_SECRET
+    )
+    orphans = OrphanPoller(services)
+    assert services.providers["acme"].can_poll() is False
+    services.jobs.register(job_id, "acme", "a-1")
+    registered = registered_at(redis_client, job_id)
+
+    # Stale for long past every bound: never taken, so never polled nor given up on.
+    for later in (AFTER, AFTER + INTERVAL, GIVE_UP, 2 * GIVE_UP, 30 * 24 * 3600 * 1000):
+        assert orphans.take_due(now_ms=registered + later) == {}
+
+    assert "acme" not in orphans.providers_scanned_per_tick
+    assert not state_of(redis_client, job_id)
+    assert tracked(redis_client, "acme", job_id)  # left to its webhook
+    assert api.requests == []

@@ -75,10 +75,10 @@ class OrphanPoller:
 
     @property
     def providers_scanned_per_tick(self) -> list[str]:
-        """Every configured provider: each has a live index, read every tick up to its
-        own poll budget, whether or not it can poll (a job of one that cannot backs
-        off on each ProviderError and is left to its webhook)."""
-        return sorted(self._services.providers)
+        """The providers that can be asked (a declarative one without a `poll` block
+        cannot): each has a live index, read every tick up to its own poll budget.
+        Jobs of the others stay in theirs, left to their webhooks."""
+        return sorted(name for name, p in self._services.providers.items() if p.can_poll())
 
     # -- the tick ---------------------------------------------------------------
 
