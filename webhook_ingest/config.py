@@ -33,7 +33,10 @@ DEFAULT_DEDUP_TTL_SECONDS = 3 * 24 * 3600 + 3600
 # The Redis broker redelivers an unacknowledged message after this long; retry
 # countdowns must stay below it or a waiting retry is redelivered as a duplicate.
 MAX_VISIBILITY_TIMEOUT_SECONDS = 120
-DEFAULT_ORPHAN_POLL_INTERVAL_SECONDS = 60
+# A job not heard of this long is polled, on a tick every interval (see the
+# bound beside the fields below).
+DEFAULT_ORPHAN_AFTER_SECONDS = 180
+DEFAULT_ORPHAN_POLL_INTERVAL_SECONDS = 30
 # Failing polls (5xx, 429, timeouts, answers we cannot read) of one job end it after
 # this long: by then Stability, the longest keeper here, has deleted the result,
 # and the backoff has been asking once an hour for most of the day.
@@ -195,7 +198,10 @@ class SettingsSchema(Schema):
     webhook_base_url = fields.String(
         data_key="WEBHOOK_BASE_URL", load_default=None, validate=_http_url
     )
-    orphan_after_seconds = _int("ORPHAN_AFTER_SECONDS", 300, _positive)
+    # With the defaults a job whose final webhook is lost is polled within
+    # 180 + 30 + 29.5 s (stale, a tick, the spread of a full budget): under 5 minutes
+    # with the provider's answer (README, "Orphan recovery").
+    orphan_after_seconds = _int("ORPHAN_AFTER_SECONDS", DEFAULT_ORPHAN_AFTER_SECONDS, _positive)
     orphan_poll_interval_seconds = _int(
         "ORPHAN_POLL_INTERVAL_SECONDS", DEFAULT_ORPHAN_POLL_INTERVAL_SECONDS, _positive
     )

@@ -188,12 +188,15 @@ def poll_orphans() -> dict[str, int]:
     enqueued = {}
     for provider, job_ids in poller.take_due().items():
         for index, job_id in enumerate(job_ids):
+            # spread over the interval (within the countdown cap) to honour the rate
+            countdown = min(index * spacing, retries.max_countdown(svc.settings))
             poll_job.apply_async(
                 args=[provider, job_id],
-                # spread over the interval (within the countdown cap) to honour the rate
-                countdown=min(index * spacing, retries.max_countdown(svc.settings)),
-                # a poll nobody ran in time is dropped: the next tick asks again
-                expires=interval,
+                countdown=countdown,
+                # a poll nobody ran within an interval of its turn is dropped: the next
+                # tick asks again (counted from the turn, or the last of a full budget,
+                # due almost an interval after the tick, would have no time to run)
+                expires=countdown + interval,
             )
         enqueued[provider] = len(job_ids)
         ORPHANS_DETECTED.labels(provider).inc(len(job_ids))

@@ -17,12 +17,14 @@ spread; each wave's phase within the tick differs.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,7 @@ import redis
 from tests.conftest import REPLICATE_SECRET
 from tests.support import Receiver, body_of, signed_headers, wait_for
 from webhook_ingest.config import Settings, load_settings
+from webhook_ingest.handoff.single_script import broker_url
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import JobStateUpdate
 
@@ -72,6 +75,45 @@ def test_the_defaults_promise_recovery_in_under_five_minutes():
         f"spread = {promised} s, + {POLL_CALL_SECONDS} s for the provider's answer"
     )
     assert promised + POLL_CALL_SECONDS < TARGET_SECONDS
+
+
+def test_every_poll_of_a_full_tick_gets_an_interval_to_start_after_its_turn(
+    redis_client, quiet_broker
+):
+    """The last poll of a full budget is due almost an interval after its tick: an
+    expiry counted from the tick would leave it no time to be started."""
+    from celery import current_app
+
+    from workers.tasks import poll_orphans
+
+    settings = load_settings()  # the test environment: the default schedule
+    interval = settings.orphan_poll_interval_seconds
+    budget = math.floor(settings.orphan_polls_per_minute * interval / 60)
+    redis_client.zadd(keys.live_jobs("replicate"), {f"job-{i:03d}": 0 for i in range(budget)})
+    worker_app = current_app._get_current_object()
+    quiet_broker.set_current()  # the tick's polls go to a broker nobody consumes
+    try:
+        sent = time.time()
+        assert poll_orphans.apply().get() == {"replicate": budget}
+    finally:
+        worker_app.set_current()
+
+    queue = redis.Redis.from_url(broker_url(quiet_broker), decode_responses=True)
+    messages = [json.loads(raw) for raw in queue.lrange("webhook_ingest", 0, -1)]
+    queue.delete("webhook_ingest")
+    queue.close()
+    polls = [m["headers"] for m in messages if m["headers"]["task"] == "webhook_ingest.poll_job"]
+    assert len(polls) == budget
+    # A poll due at once carries no eta: its turn is the tick's moment.
+    due = [datetime.fromisoformat(h["eta"]).timestamp() if h["eta"] else sent for h in polls]
+    turns = [moment - sent for moment in due]
+    room = [
+        datetime.fromisoformat(h["expires"]).timestamp() - d
+        for h, d in zip(polls, due, strict=True)
+    ]
+    print(f"\npolls due {min(turns):.2f}-{max(turns):.2f} s after the tick, then {min(room):.2f} s")
+    assert max(turns) >= 0.9 * interval  # a full budget: the last is due near the next tick
+    assert min(room) >= interval - 0.01  # and each poll has an interval to be started
 
 
 def scaled_schedule(defaults: Settings) -> dict[str, str]:
