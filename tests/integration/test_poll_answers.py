@@ -78,11 +78,12 @@ def given_up(provider: str) -> float:
     return value or 0.0
 
 
-def poll_until_settled(poller: OrphanPoller, provider: str, job_id: str, start: int, polls: int):
-    """Tick and poll as beat and the worker would, from `start`, for at most `polls`
-    polls; returns the outcomes and when each poll ran."""
+def poll_until_settled(poller: OrphanPoller, provider: str, job_id: str, start: int, ticks: int):
+    """Tick every interval and poll what is due, as beat and the worker would, from
+    `start` for `ticks` ticks or until a poll settles the job; returns the outcomes
+    and when each poll ran."""
     outcomes, moments, now = [], [], start
-    for _ in range(polls):
+    for _ in range(ticks):
         due = poller.take_due(now_ms=now)
         if job_id in due.get(provider, []):
             outcome = poller.poll(provider, job_id, now_ms=now)
@@ -133,7 +134,7 @@ def test_a_stability_answer_that_ends_the_job_fails_it_with_stabilitys_reason(
     services.jobs.register(job_id, "stability", generation)
     stale = registered_at(redis_client, job_id) + AFTER
 
-    outcomes, _ = poll_until_settled(poller, "stability", job_id, stale, polls=2)
+    outcomes, _ = poll_until_settled(poller, "stability", job_id, stale, ticks=2)
 
     assert outcomes == [PollOutcome.APPLIED]  # the first poll ends it
     state = state_of(redis_client, job_id)
@@ -256,7 +257,7 @@ def test_a_fal_result_answering_the_requests_error_fails_the_job_with_it(
     api.respond("GET", result, answer)
     stale = registered_at(redis_client, job_id) + AFTER
 
-    outcomes, _ = poll_until_settled(poller, "fal", job_id, stale, polls=2)
+    outcomes, _ = poll_until_settled(poller, "fal", job_id, stale, ticks=2)
 
     assert outcomes == [PollOutcome.APPLIED]
     state = state_of(redis_client, job_id)
@@ -317,7 +318,7 @@ def test_polls_that_keep_failing_give_up_at_the_bound_with_a_reason_and_a_count(
     first = registered_at(redis_client, job_id) + AFTER
     before = given_up("replicate")
 
-    outcomes, moments = poll_until_settled(poller, "replicate", job_id, first, polls=200)
+    outcomes, moments = poll_until_settled(poller, "replicate", job_id, first, ticks=200)
 
     print(
         f"\nfailing polls at (s after the first): {[(m - first) // 1000 for m in moments]}"
@@ -338,6 +339,27 @@ def test_polls_that_keep_failing_give_up_at_the_bound_with_a_reason_and_a_count(
     assert given_up("replicate") == before + 1
     assert not tracked(redis_client, "replicate", job_id)
     assert not redis_client.exists(keys.POLL_FAILURES)  # nothing left behind
+
+
+def test_a_job_its_provider_cannot_be_asked_about_is_left_to_its_webhook_not_given_up(
+    poller, services, redis_client, api, job_id
+):
+    """An OpenAI eval run cannot be fetched by its id alone: no poll is made, so no
+    poll fails, and a day without its webhook does not fail it."""
+    run_id = f"evalrun_{uuid.uuid4().hex}"
+    services.jobs.register(job_id, "openai", run_id)
+    first = registered_at(redis_client, job_id) + AFTER
+    before = given_up("openai")
+
+    outcomes, moments = poll_until_settled(poller, "openai", job_id, first, ticks=400)
+
+    assert set(outcomes) == {PollOutcome.BACKING_OFF}
+    assert moments[-1] - first > 2 * GIVE_UP  # looked at for longer than the bound ...
+    assert len(outcomes) <= 2 * GIVE_UP // 3_600_000 + 3  # ... about once an hour
+    assert not state_of(redis_client, job_id)
+    assert tracked(redis_client, "openai", job_id)
+    assert given_up("openai") == before
+    assert api.requests == []
 
 
 def test_one_good_answer_starts_the_give_up_clock_again(

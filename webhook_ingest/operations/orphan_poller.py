@@ -26,6 +26,7 @@ import math
 from webhook_ingest.clock import now_ms as _now_ms
 from webhook_ingest.observability.metrics import ORPHANS_GIVEN_UP
 from webhook_ingest.providers import JobRef, PayloadError
+from webhook_ingest.providers.base import NotPollable
 from webhook_ingest.providers.http import ProviderError, ProviderNotFound, ProviderUnavailable
 from webhook_ingest.services import Services
 from webhook_ingest.state.job_update import (
@@ -133,6 +134,8 @@ class OrphanPoller:
             self._forget_failures(job_id)
             log.warning("orphan failed: unknown to the provider", extra=context)
             return PollOutcome.NOT_FOUND
+        except NotPollable:
+            return self._left_to_webhook(live, job_id, now)
         except (ProviderUnavailable, ProviderError, PayloadError) as exc:
             log.warning("orphan poll failed: %s", exc, extra=context)
             return self._failed_poll(job, now, str(exc), getattr(exc, "retry_after", None))
@@ -228,6 +231,14 @@ class OrphanPoller:
         self._redis.zadd(
             keys.live_jobs(provider_name), {job_id: now - self.orphan_after_ms + delay_ms}, xx=True
         )
+        return PollOutcome.BACKING_OFF
+
+    def _left_to_webhook(self, live: str, job_id: str, now: int) -> PollOutcome:
+        """A job the provider cannot be asked about: no poll was made, so none failed
+        and no give-up clock runs; looked at again an hour later (XX: unless it
+        finished meanwhile)."""
+        next_due = now - self.orphan_after_ms + MAX_BACKOFF_SECONDS * 1000
+        self._redis.zadd(live, {job_id: next_due}, xx=True)
         return PollOutcome.BACKING_OFF
 
     def _forget_failures(self, job_id: str) -> None:

@@ -46,6 +46,12 @@ class PayloadError(Exception):
     """A verified payload we cannot understand: retrying will not help."""
 
 
+class NotPollable(http.ProviderError):
+    """The provider cannot be asked about this job by its id alone (an OpenAI eval
+    run): its webhook decides. Nothing was asked, so nothing failed: the orphan
+    poller looks again an hour later and never gives up on such a job."""
+
+
 @dataclass(frozen=True)
 class JobRef:
     job_id: str

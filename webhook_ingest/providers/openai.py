@@ -19,6 +19,7 @@ from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
     JobRef,
     JobRequest,
+    NotPollable,
     PayloadError,
     Provider,
     WebhookConfig,
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 
 # The events a project's webhook endpoint should subscribe to for our jobs.
 WEBHOOK_EVENTS = tuple(event_type for family in FAMILIES for event_type in family.events)
-
-
-class NotPollable(http.ProviderError):
-    """The id names an object its id alone cannot fetch (an eval run)."""
 
 
 def path_segment(object_id: str) -> str:
