@@ -8,6 +8,7 @@ when unknown or expired (results are kept 24 hours).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from webhook_ingest.providers import http
@@ -26,6 +27,10 @@ from webhook_ingest.state.job_update import (
     SOURCE_ORPHAN_POLL,
     JobStateUpdate,
 )
+
+# A path of plain segments (e.g. /v2beta/image-to-video): no `..`, query or fragment
+# may redirect the request our API key travels with. \Z: `$` lets a newline through.
+_ENDPOINT = re.compile(r"^(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+\Z")
 
 
 class StabilityProvider(Provider):
@@ -51,7 +56,7 @@ class StabilityProvider(Provider):
         `/v2beta/image-to-video`); `params["data"]` are form fields and
         `params["files"]` file parts, as requests takes them."""
         endpoint = job.params.get("endpoint")
-        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+        if not isinstance(endpoint, str) or not _ENDPOINT.match(endpoint):
             raise ValueError("a Stability job needs 'endpoint', a path such as /v2beta/...")
         answer = http.post_json(
             self.session,
@@ -63,8 +68,9 @@ class StabilityProvider(Provider):
         return require_str(answer, "id")
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
+        generation_id = http.path_segment(job.external_job_id or "")
         status, body = http.get_json(
-            self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
+            self.session, f"{self.base_url}/v2beta/results/{generation_id}"
         )
         # Its own word for how the job stands: the status while running, then the reason.
         said = body.get("status") if status == 202 else body.get("finish_reason")
