@@ -249,8 +249,9 @@ def runpod_token(secret: str, job_id: str) -> str:
 
 class GitHubCase(ProviderCase):
     """A declarative provider: the GitHub-style HMAC provider of
-    examples/providers.yaml (`X-Hub-Signature-256: sha256=<hex>`, the delivery id
-    in `X-GitHub-Delivery`), on the project URL a repository's hook is set to."""
+    examples/providers.yaml (`X-Hub-Signature-256: sha256=<hex>`; the delivery id
+    in `X-GitHub-Delivery` is not signed, so the body's digest identifies a
+    delivery), on the project URL a repository's hook is set to."""
 
     name = "github"
 
@@ -287,7 +288,8 @@ class GitHubCase(ProviderCase):
         return Sent(self.path(job_id), body, github_headers(credential, body, delivery_id))
 
     def delivery_id(self, sent: Sent) -> str:
-        return sent.headers["X-GitHub-Delivery"]
+        # X-GitHub-Delivery is not signed: the signed body identifies the delivery
+        return body_digest(sent.body)
 
     def secret_texts(self, sent: Sent) -> list[str]:
         return [*self.credentials, sent.headers["X-Hub-Signature-256"].removeprefix("sha256=")]

@@ -13,8 +13,9 @@ from webhook_ingest.config import Settings, load_settings
 from webhook_ingest.handoff import broker
 from webhook_ingest.observability import json_logs
 
-# Connects the worker's metrics signals; inert in processes that only publish.
-from workers import metrics_server  # noqa: F401
+# Connects the worker's metrics signals and start-up checks; inert in processes
+# that only publish.
+from workers import metrics_server, startup_checks  # noqa: F401
 
 TASK_MODULES = ("workers.tasks", "workers.consistency_tasks")
 

@@ -34,7 +34,7 @@ from webhook_ingest.observability.metrics import (
 from webhook_ingest.operations.adoption import MappingAdoption
 from webhook_ingest.operations.orphan_poller import OrphanPoller
 from webhook_ingest.providers import PayloadError
-from webhook_ingest.providers.http import ProviderError, ProviderUnavailable
+from webhook_ingest.providers.http import ProviderAuthError, ProviderError, ProviderUnavailable
 from webhook_ingest.services import Services
 from webhook_ingest.state.job_registry import JobMismatch, JobNotFound
 from workers import retries
@@ -94,6 +94,10 @@ def _ingest(task, delivery: Delivery, svc: Services, context: dict) -> str:
         DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
         wait = retries.countdown(svc.settings, task.request.retries, exc.retry_after)
         _retry(task, svc, delivery, wait)
+    except ProviderAuthError as exc:
+        # Our API key is missing or refused: no retry can succeed until an operator
+        # fixes it; parked at once under a reason that says so, for replay after.
+        return _park(delivery, "provider_auth", exc, attempts)
     except (PayloadError, JobMismatch, ProviderError) as exc:
         return _park(delivery, type(exc).__name__, exc, attempts)
     except (redis.RedisError, SoftTimeLimitExceeded) as exc:

@@ -39,6 +39,10 @@ def check_config() -> None:
                 f"provider {name}: DISABLED - configure its verification "
                 f"({provider.configuration_hint}) to accept its webhooks"
             )
+    from webhook_ingest.providers import configuration_warnings
+
+    for warning in configuration_warnings(services.providers):
+        click.echo(f"WARNING {warning}")
     settings = services.settings
     # shown so an operator sees which servers, never with their passwords
     click.echo(f"redis: {redacted_url(settings.redis_url)}")

@@ -51,7 +51,18 @@ def load_providers(
     return providers
 
 
+def configuration_warnings(providers: Mapping[str, Provider]) -> list[str]:
+    """One line per thing that keeps a configured provider from doing all its work
+    (Provider.configuration_warnings), for check-config and the start-up logs."""
+    return [
+        f"provider {name}: {warning}"
+        for name, provider in sorted(providers.items())
+        for warning in provider.configuration_warnings()
+    ]
+
+
 __all__ = [
+    "configuration_warnings",
     "JobRef",
     "JobRequest",
     "PayloadError",

@@ -104,6 +104,10 @@ def env_name(provider: str, prefix: str = "", suffix: str = "") -> str:
 class Provider(WebhookCapableConnector):
     name: ClassVar[str]
     default_base_url: ClassVar[str]
+    # For providers whose id alone does not say where a job is polled (fal's app,
+    # RunPod's endpoint): the field that says it in `POST /jobs` and in the job's
+    # mapping (providers.poll_targets). None: the id is enough.
+    poll_target_field: ClassVar[str | None] = None
     _session: requests.Session | None = None
 
     def __init__(
@@ -130,6 +134,33 @@ class Provider(WebhookCapableConnector):
         """Whether `poll_job_status` can ask the provider at all (the consistency check
         samples only such providers)."""
         return True
+
+    def checked_poll_target(self, value: str) -> str:
+        """A registration's `poll_target_field` value as it is stored; ValueError,
+        saying what is expected, for one that cannot be put into a poll URL."""
+        raise ValueError(f"{self.name} jobs are polled by their id alone")
+
+    def configuration_warnings(self) -> list[str]:
+        """What keeps this provider from doing all its work though it starts: it
+        accepts webhooks but cannot call its API to fetch a result or poll a job
+        (the API would answer 401, and such deliveries are parked as
+        `provider_auth`). Said by `webhook-ingest check-config` and logged when the
+        web and worker processes start."""
+        if not (self.enabled and self.can_poll() and self.needs_api_key) or self.api_key:
+            return []
+        return [
+            f"no {self.api_key_variable}: {self.name} webhooks are accepted, but its API "
+            "cannot be called to fetch results or poll jobs whose webhook never came"
+        ]
+
+    # Declarative providers' polls may need no key (or name their own variable,
+    # checked at start): only the built-in APIs always want one.
+    needs_api_key: ClassVar[bool] = True
+
+    @property
+    def api_key_variable(self) -> str:
+        """The variable `api_key` is read from, as operators should be told."""
+        return env_name(self.name, suffix="_API_KEY")
 
     @property
     def redis(self) -> Redis:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import yaml
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -541,6 +541,8 @@ class DeclarativeProvider(Provider):
     """
 
     default_base_url = ""
+    # A poll names its token's variable (checked at start), or needs none.
+    needs_api_key = False
 
     def __init__(
         self,
@@ -678,7 +680,9 @@ class DeclarativeProvider(Provider):
 
     def _poll_url(self, poll: PollSpec, external_id: str) -> str:
         # Quoted whole: an id must not add path segments (../) or a query to the URL.
-        return poll.url.format(base_url=self.base_url, external_job_id=quote(external_id, safe=""))
+        return poll.url.format(
+            base_url=self.base_url, external_job_id=http.path_segment(external_id)
+        )
 
     def _check_poll(self, poll: PollSpec) -> None:
         """At start, not at the first orphan: the URL must be complete, and https

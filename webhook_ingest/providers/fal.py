@@ -4,14 +4,19 @@ fal calls back once per request, when it is done: `{"request_id",
 "gateway_request_id", "status": "OK" | "ERROR", "payload", "error"}`, retried 10
 times over 2 hours. `request_id` is the queue's id for the request (the
 external id and, as fal sends one completion per request, the delivery id);
-`gateway_request_id` names the last attempt and is not used.
+`gateway_request_id` names the last attempt and is not used. fal signs every
+account's webhooks with the same keys: with `FAL_USER_ID` set, a delivery must
+also name that user in `X-Fal-Webhook-User-Id`. An `ERROR`'s `error` is terse
+("Invalid status code: 422"); what went wrong is in `payload.detail`, which the
+job's error message keeps.
 
 Queue API (`FAL_BASE_URL`, default https://queue.fal.run):
 `POST {base}/{model}?fal_webhook=<url>` starts a request; its status is at
 `{base}/{app}/requests/{id}/status` and its result at `{base}/{app}/requests/{id}`,
 where `app` is the model id without its subpath (`fal-ai/flux` for
 `fal-ai/flux/dev`). The request id alone does not say which app, so submit
-records it (providers.poll_targets), taken from the `status_url` fal answers.
+records it (providers.poll_targets), taken from the `status_url` fal answers;
+a request started elsewhere is registered with its `app_id` (`POST /jobs`).
 The result request of a request that failed answers with the request's error
 (`error_type`, or a model's typed `detail` list): that ends the job with it.
 """
@@ -21,10 +26,10 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
+from webhook_ingest import strict_json
 from webhook_ingest.config import ConfigError
 from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
@@ -66,6 +71,11 @@ FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+\Z")
 
 
+# An ERROR's detail is the model's validation report, usually short; bounded so a
+# huge one cannot bloat the job's state and every broadcast of it.
+MAX_DETAIL_CHARS = 2000
+
+
 def _error_text(answer: dict[str, Any]) -> str:
     error = answer.get("error")
     return str(error) if error else "fal request failed"
@@ -91,6 +101,20 @@ def _result_failure(exc: http.ProviderError) -> tuple[str, str] | None:
     return kind, f"fal model error ({kind}): {said or 'no message'}"[:_ERROR_TEXT_LIMIT]
 
 
+def _webhook_error_text(payload: dict[str, Any]) -> str:
+    """An ERROR webhook's message: `error` says little ("Invalid status code: 422");
+    what went wrong is in `payload.detail` (a text or a validation report), kept."""
+    text = _error_text(payload)
+    body = payload.get("payload")
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if detail in (None, "", [], {}):
+        return text
+    shown = detail if isinstance(detail, str) else strict_json.dumps(detail)
+    if len(shown) > MAX_DETAIL_CHARS:
+        shown = shown[:MAX_DETAIL_CHARS] + "…"
+    return f"{text}: {shown}"
+
+
 def app_id(model: str, answer: dict[str, Any], base_url: str, request_id: str) -> str:
     """The app a request's status and result live under.
 
@@ -111,6 +135,15 @@ class FalProvider(Provider):
     name = "fal"
     configuration_hint = "WEBHOOK_JWKS_URL_FAL"
     default_base_url = "https://queue.fal.run"
+    api_key_variable = "FAL_API_KEY (or FAL_KEY)"
+    poll_target_field = "app_id"
+
+    def checked_poll_target(self, value: str) -> str:
+        """An app (`fal-ai/flux`) or a model id (`fal-ai/flux/dev`), stored as the app:
+        a request's status lives under the model id's first two segments."""
+        if not _MODEL.match(value) or len(value) > 256:
+            raise ValueError("expected a fal app id such as fal-ai/flux")
+        return "/".join(value.split("/")[:2])
 
     # -- the provider's API -----------------------------------------------------
 
@@ -151,7 +184,8 @@ class FalProvider(Provider):
                 self.environ, "WEBHOOK_JWKS_REFETCH_SECONDS", DEFAULT_REFETCH_SECONDS, 1
             ),
         )
-        return Ed25519JwksVerifier(keys, self.settings.tolerance_seconds)
+        user_id = self.environ.get("FAL_USER_ID", "").strip() or None
+        return Ed25519JwksVerifier(keys, self.settings.tolerance_seconds, user_id=user_id)
 
     def external_id(self, payload: dict[str, Any]) -> str:
         return require_str(payload, "request_id")
@@ -160,12 +194,13 @@ class FalProvider(Provider):
         request_id = self.external_id(payload)
         status = payload.get("status")
         if status == "ERROR":
-            state, observed = FAILED, {"error_message": _error_text(payload)}
+            state, observed = FAILED, {"error_message": _webhook_error_text(payload)}
         elif status != "OK":
             raise PayloadError(f"unknown fal webhook status {status!r:.40}")
         elif payload.get("payload") is None and payload.get("payload_error"):
             # fal could not put the result into the webhook; the queue still has it.
-            state, observed = COMPLETED, {"result": self._result_or_none(request_id)}
+            at = JobRef(job.job_id, job.provider, request_id)
+            state, observed = COMPLETED, {"result": self._result_or_none(at)}
         else:
             state, observed = COMPLETED, {"result": payload.get("payload")}
         return self.update(
@@ -177,9 +212,9 @@ class FalProvider(Provider):
             **observed,
         )
 
-    def _result_or_none(self, request_id: str) -> Any:
+    def _result_or_none(self, job: JobRef) -> Any:
         try:
-            return self._get(self._request_url(request_id))
+            return self._get(self._request_url(job))
         except (http.ProviderNotFound, LookupError):
             log.warning("fal result not retrievable; completed without it")
             return None
@@ -213,9 +248,8 @@ class FalProvider(Provider):
         return request_id
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
-        request_id = job.external_job_id
         try:
-            url = self._request_url(request_id)
+            url = self._request_url(job)
         except LookupError as exc:
             raise http.ProviderError(str(exc)) from None
         status = self._get(f"{url}/status")
@@ -248,12 +282,19 @@ class FalProvider(Provider):
             error_type, text = failure
             return FAILED, {"provider_status": error_type, "error_message": text}
 
-    def _request_url(self, request_id: str) -> str:
-        """Raises LookupError when submit did not record the request's app."""
-        app = PollTargets(self.redis).recall(self.name, request_id)
+    def _request_url(self, job: JobRef) -> str:
+        """Raises LookupError when neither submit nor the registration recorded the
+        request's app (or what is recorded could not be an app)."""
+        request_id = job.external_job_id or ""
+        app = PollTargets(self.redis).for_job(self.name, job.job_id, request_id, "app_id")
         if not app:
-            raise LookupError(f"no fal app recorded for request {request_id}: submit records it")
-        return f"{self.base_url}/{app}/requests/{quote(request_id, safe='')}"
+            raise LookupError(
+                f"no fal app recorded for request {request_id}: submit records it, "
+                "POST /jobs takes it as app_id"
+            )
+        if not _MODEL.match(app):
+            raise LookupError(f"the fal app recorded for request {request_id} is not owner/name")
+        return f"{self.base_url}/{app}/requests/{http.path_segment(request_id)}"
 
     def _get(self, url: str) -> dict[str, Any]:
         _, body = http.get_json(self.session, url)

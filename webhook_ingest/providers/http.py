@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -70,6 +71,27 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderNotFound(ProviderError):
     """The provider does not know this id (never did, or forgot it)."""
+
+
+class ProviderAuthError(ProviderError):
+    """The provider refused our credentials (401/403): a missing or revoked API key.
+    Retrying will not help until an operator fixes the key."""
+
+
+def path_segment(value: str) -> str:
+    """`value` as exactly one URL path segment, whatever it holds.
+
+    Ids reach provider URLs from webhooks and from registrations (`POST /jobs`
+    takes any printable id), and the request carries our API key: an id must
+    not add segments (`/`), climb out of the path or start a query (`?`, `#`).
+    Everything but unreserved characters is percent-encoded. `.` and `..` cannot
+    be: requests decodes `%2E` back to a dot before sending, and a dot segment
+    is resolved away by the client or the server. No provider names a job so,
+    and registration refuses it; such an id raises ProviderError, unsent.
+    """
+    if value in (".", ".."):
+        raise ProviderError("an id of only dots cannot be put into a URL")
+    return quote(value, safe="")
 
 
 class ProviderSession(requests.Session):
@@ -158,6 +180,14 @@ def _checked_json(session: requests.Session, response: requests.Response) -> dic
         _count_error(session, response)
     if status == 404:
         raise ProviderNotFound("provider answered 404", status=status)
+    if status in (401, 403):
+        # the answer is kept: a provider's module may know better (Stability's 403
+        # is a content moderation verdict on the job, not on our key)
+        raise ProviderAuthError(
+            f"provider answered {status}: our API key for it is missing or refused",
+            status=status,
+            **_answered(response),
+        )
     if status in RETRY_STATUSES:
         raise ProviderUnavailable(
             f"provider answered {status}",

@@ -6,6 +6,10 @@ job's external id must stay the provider's own id: webhooks name it, the job
 registry matches the two exactly, and other services write it with a plain HSET.
 So submit records the missing part beside the id, in a key of its own, for as
 long as a job may still need polling.
+
+A job started elsewhere and registered (`POST /jobs` with `app_id` for fal,
+`endpoint_id` for RunPod, or a plain HSET of that field by another service)
+carries it in its mapping instead: `for_job` looks there second.
 """
 
 from __future__ import annotations
@@ -39,3 +43,11 @@ class PollTargets:
 
     def recall(self, provider: str, external_id: str) -> str | None:
         return self._redis.get(keys.poll_target(provider, external_id))
+
+    def for_job(self, provider: str, job_id: str, external_id: str, field: str) -> str | None:
+        """Where to poll a job: what submit recorded for its id (the provider said
+        so), else the `field` of its mapping (given when it was registered)."""
+        recorded = self.recall(provider, external_id)
+        if recorded:
+            return recorded
+        return self._redis.hget(keys.job_mapping(job_id), field) or None

@@ -5,6 +5,12 @@ The payload is the prediction object itself (same as GET /predictions/{id}).
 function ignores anything after a terminal status, so this module only maps.
 Inputs, outputs and logs of API predictions are deleted after an hour, which is
 why an orphan is polled within minutes, not hours.
+
+`REPLICATE_BASE_URL` means what it means to replicate-python: the host root
+(`https://api.replicate.com`), under which every path starts with `/v1`. A
+value that already ends in `/v1` (this service's own meaning before, and the
+form of the API's documented URLs) is taken as it is, so both reach
+`{host}/v1/predictions/{id}`.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ _STATUS = {
 }
 
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+API_VERSION_PATH = "/v1"
+# owner/name, as `POST /v1/models/{owner}/{name}/predictions` takes it (\Z: `$` would
+# let a trailing newline through): a model must not add segments or a query.
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
 def progress_from_logs(logs: Any) -> int | None:
@@ -95,7 +105,14 @@ def update_from_prediction(prediction: dict[str, Any], job: JobRef, source: str)
 
 class ReplicateProvider(Provider):
     name = "replicate"
-    default_base_url = "https://api.replicate.com/v1"
+    default_base_url = "https://api.replicate.com"
+    api_key_variable = "REPLICATE_API_KEY (or REPLICATE_API_TOKEN)"
+
+    @property
+    def api_url(self) -> str:
+        """The versioned API root every call starts from, `{host}/v1`."""
+        base = self.base_url
+        return base if base.endswith(API_VERSION_PATH) else base + API_VERSION_PATH
 
     @property
     def api_key(self) -> str | None:
@@ -122,9 +139,11 @@ class ReplicateProvider(Provider):
         params = dict(job.params)
         model = params.pop("model", None)
         if model:
-            url = f"{self.base_url}/models/{model}/predictions"
+            if not isinstance(model, str) or not _MODEL.match(model):
+                raise ValueError("a Replicate 'model' is owner/name, e.g. black-forest-labs/flux")
+            url = f"{self.api_url}/models/{model}/predictions"
         elif params.get("version"):
-            url = f"{self.base_url}/predictions"
+            url = f"{self.api_url}/predictions"
         else:
             raise ValueError("a Replicate job needs 'version' or 'model' (owner/name)")
         config = self.get_webhook_config(job.job_id)
@@ -133,7 +152,6 @@ class ReplicateProvider(Provider):
         return require_str(prediction, "id")
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
-        _, prediction = http.get_json(
-            self.session, f"{self.base_url}/predictions/{job.external_job_id}"
-        )
+        prediction_id = http.path_segment(job.external_job_id or "")
+        _, prediction = http.get_json(self.session, f"{self.api_url}/predictions/{prediction_id}")
         return update_from_prediction(prediction, job, SOURCE_ORPHAN_POLL)

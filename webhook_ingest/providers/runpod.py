@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from webhook_ingest.config import ConfigError, Settings
 from webhook_ingest.providers import http
@@ -92,6 +91,21 @@ class RunPodProvider(Provider):
     name = "runpod"
     configuration_hint = "WEBHOOK_URL_SECRET_RUNPOD"
     default_base_url = "https://api.runpod.ai/v2"
+    poll_target_field = "endpoint_id"
+
+    def checked_poll_target(self, value: str) -> str:
+        if not _ENDPOINT_ID.match(value):
+            raise ValueError("expected a RunPod endpoint id (A-Z a-z 0-9 _ -)")
+        return value
+
+    def configuration_warnings(self) -> list[str]:
+        warnings = super().configuration_warnings()
+        if self.enabled and not self.setting("_ENDPOINT_ID"):
+            warnings.append(
+                "no RUNPOD_ENDPOINT_ID: runpod jobs this service did not submit can be "
+                "polled only when registered with their endpoint_id (POST /jobs)"
+            )
+        return warnings
 
     def __init__(
         self,
@@ -167,14 +181,16 @@ class RunPodProvider(Provider):
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
         external_id = job.external_job_id
-        recorded = PollTargets(self.redis).recall(self.name, external_id)
+        recorded = PollTargets(self.redis).for_job(
+            self.name, job.job_id, external_id, "endpoint_id"
+        )
         endpoint = recorded or self.setting("_ENDPOINT_ID")
         if not endpoint or not _ENDPOINT_ID.match(endpoint):
             raise http.ProviderError(
                 f"no RunPod endpoint recorded for job {external_id} and RUNPOD_ENDPOINT_ID unset"
             )
         _, job_status = http.get_json(
-            self.session, f"{self.base_url}/{endpoint}/status/{quote(external_id, safe='')}"
+            self.session, f"{self.base_url}/{endpoint}/status/{http.path_segment(external_id)}"
         )
         return update_from_status(job_status, job, SOURCE_ORPHAN_POLL)
 

@@ -10,6 +10,7 @@ invalid, 404 when unknown or expired (results are kept 24 hours). Errors answer
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from webhook_ingest.providers import http
@@ -47,6 +48,11 @@ def _error_text(exc: http.ProviderError) -> str:
     return text if len(text) <= _ERROR_TEXT_LIMIT else text[: _ERROR_TEXT_LIMIT - 1] + "…"
 
 
+# A path of plain segments (e.g. /v2beta/image-to-video): no `..`, query or fragment
+# may redirect the request our API key travels with. \Z: `$` lets a newline through.
+_ENDPOINT = re.compile(r"^(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+\Z")
+
+
 class StabilityProvider(Provider):
     name = "stability"
     default_base_url = "https://api.stability.ai"
@@ -70,7 +76,7 @@ class StabilityProvider(Provider):
         `/v2beta/image-to-video`); `params["data"]` are form fields and
         `params["files"]` file parts, as requests takes them."""
         endpoint = job.params.get("endpoint")
-        if not isinstance(endpoint, str) or not endpoint.startswith("/"):
+        if not isinstance(endpoint, str) or not _ENDPOINT.match(endpoint):
             raise ValueError("a Stability job needs 'endpoint', a path such as /v2beta/...")
         answer = http.post_json(
             self.session,
@@ -82,9 +88,10 @@ class StabilityProvider(Provider):
         return require_str(answer, "id")
 
     def poll_job_status(self, job: JobRef) -> JobStateUpdate:
+        generation_id = http.path_segment(job.external_job_id or "")
         try:
             status, body = http.get_json(
-                self.session, f"{self.base_url}/v2beta/results/{job.external_job_id}"
+                self.session, f"{self.base_url}/v2beta/results/{generation_id}"
             )
         except http.ProviderError as exc:
             if exc.status not in DEFINITIVE_ERRORS:

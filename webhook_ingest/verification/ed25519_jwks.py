@@ -324,10 +324,15 @@ class Ed25519JwksVerifier:
         keys: JwksCache,
         tolerance_seconds: int,
         headers: tuple[str, str, str, str] = FAL_HEADERS,
+        user_id: str | None = None,
     ) -> None:
+        """`user_id`: the account deliveries must be for (fal's `FAL_USER_ID`), if
+        set. fal signs every account's webhooks with the same keys, so a signature
+        alone proves a delivery came from fal, not that it is about our requests."""
         self._keys = keys
         self._tolerance = tolerance_seconds
         self._request_id, self._user_id, self._timestamp, self._signature = headers
+        self._expected_user_id = user_id
 
     def verify(
         self,
@@ -369,6 +374,9 @@ class Ed25519JwksVerifier:
             user_id.isascii() and user_id.isprintable()
         ):
             raise VerificationError("invalid user id")
+        if self._expected_user_id is not None and user_id != self._expected_user_id:
+            # Before any key is looked at: another account's delivery costs no refetch.
+            raise VerificationError("delivery is for another user")
         if len(signature_hex) != 2 * ED25519_SIGNATURE_BYTES or not signature_hex.isascii():
             raise VerificationError("malformed signature")
         try:

@@ -4,8 +4,8 @@ Most signing providers are variations of one idea: an HMAC of the raw body (and
 sometimes a timestamp or the delivery id) with a shared secret, hex or base64,
 in a header of their choosing, perhaps behind a prefix. For example:
 
-- GitHub: `X-Hub-Signature-256: sha256=<hex>`, so `prefix: "sha256="`; delivery id
-  in `X-GitHub-Delivery`.
+- GitHub: `X-Hub-Signature-256: sha256=<hex>`, so `prefix: "sha256="`; its
+  delivery id (`X-GitHub-Delivery`) is not signed, so the body de-duplicates.
 - Slack: `X-Slack-Signature: v0=<hex>` over `v0:{timestamp}:{body}`, timestamp in
   `X-Slack-Request-Timestamp`.
 - Shopify: `X-Shopify-Hmac-Sha256: <base64>` of the body.
@@ -152,6 +152,7 @@ class HmacVerifier:
         self._digest = ALGORITHMS[options.algorithm]
         self._digest_size = self._digest().digest_size
         self._template = parse_template(options.template)
+        self._signs_delivery_id = any(field == "delivery_id" for _, field in self._template)
 
     @classmethod
     def from_env(
@@ -203,8 +204,14 @@ class HmacVerifier:
         return text, check_timestamp(text, self._tolerance, now)
 
     def _delivery_id(self, headers: Mapping[str, str]) -> str | None:
-        """None when not sent: the receiver then de-duplicates on the body."""
-        if not self.options.delivery_id_header:
+        """The delivery id when the signature covers it; None otherwise, and the
+        receiver de-duplicates on a digest of the body.
+
+        An id the signature does not cover proves nothing: a captured delivery
+        sent again under a fresh id (GitHub's `X-GitHub-Delivery` is not signed)
+        would pass as new. The body is what is signed, so the body is the id.
+        """
+        if not self.options.delivery_id_header or not self._signs_delivery_id:
             return None
         value = header(headers, self.options.delivery_id_header)
         if not value:

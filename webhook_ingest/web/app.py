@@ -9,6 +9,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook_ingest.handoff import Handoff, broker, build_handoff
+from webhook_ingest.providers import configuration_warnings
 from webhook_ingest.services import Services, build_services
 from webhook_ingest.web import dead_letter_api, metrics_endpoint, operator_api, receiver
 from webhook_ingest.web.client_buckets import ClientBuckets
@@ -62,4 +63,6 @@ def create_app(
     )
     if disabled:
         log.warning("providers without verification configured (accept nothing): %s", disabled)
+    for warning in configuration_warnings(services.providers):
+        log.warning(warning)
     return app

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields
 
 from webhook_ingest.operations import readiness
-from webhook_ingest.state.job_registry import Registration
+from webhook_ingest.state.job_registry import Registration, external_id_problem
 from webhook_ingest.state.job_view import job_view
 from webhook_ingest.web.admin_auth import require_admin
 from webhook_ingest.web.http_errors import error
@@ -49,10 +49,23 @@ def _job_id(value: str) -> None:
         raise ValidationError("invalid job id")
 
 
+def _external_id(value: str) -> None:
+    problem = external_id_problem(value)
+    if problem:
+        raise ValidationError(problem)
+
+
 class RegisterJobSchema(Schema):
     job_id = fields.String(required=True, validate=_job_id)
     provider = fields.String(required=True)
-    external_job_id = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    external_job_id = fields.String(required=True, validate=_external_id)
+    # Where a job started elsewhere is polled, for the providers whose id does not
+    # say (Provider.poll_target_field): fal's app, RunPod's endpoint. Optional.
+    app_id = fields.String(load_default=None)
+    endpoint_id = fields.String(load_default=None)
+
+
+POLL_TARGET_FIELDS = ("app_id", "endpoint_id")
 
 
 @blueprint.post("/jobs")
@@ -64,23 +77,59 @@ def register_job():
     try:
         job = RegisterJobSchema().load(body)
     except ValidationError as exc:
-        field = sorted(exc.normalized_messages())[0]
-        return jsonify(error=f"invalid field {field}", field=field), 400
-    if job["provider"] not in services.providers:
-        return jsonify(error="invalid field provider: unknown provider", field="provider"), 400
-    outcome = services.jobs.register(job["job_id"], job["provider"], job["external_job_id"])
+        field, messages = sorted(exc.normalized_messages().items())[0]
+        return _bad_field(field, messages[0] if field == "external_job_id" else None)
+    provider = services.providers.get(job["provider"])
+    if provider is None:
+        return _bad_field("provider", "unknown provider")
+    try:
+        poll_target = _poll_target(provider, job)
+    except _BadField as bad:
+        return _bad_field(bad.field, bad.reason)
+    outcome = services.jobs.register(
+        job["job_id"], provider.name, job["external_job_id"], poll_target
+    )
     if outcome is Registration.CONFLICT:
         return error(409, "job or external id already mapped differently")
     status = 201 if outcome is Registration.CREATED else 200
     # The URL to give the provider for this job (a secret when it carries a token):
     # submitters never build it by hand. None for a provider without webhooks.
-    webhook_url = services.providers[job["provider"]].job_webhook_url(job["job_id"])
+    webhook_url = provider.job_webhook_url(job["job_id"])
+    shown = {name: value for name, value in job.items() if value is not None}
+    if poll_target:
+        shown[poll_target[0]] = poll_target[1]  # as stored (fal: the app of a model id)
     return jsonify(
         registered=True,
         created=outcome is Registration.CREATED,
         webhook_url=webhook_url,
-        **job,
+        **shown,
     ), status
+
+
+class _BadField(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+
+def _poll_target(provider, job: dict) -> tuple[str, str] | None:
+    """(mapping field, value) of the poll target given, checked by its provider."""
+    given = [name for name in POLL_TARGET_FIELDS if job[name] is not None]
+    for name in given:
+        if name != provider.poll_target_field:
+            raise _BadField(name, f"{provider.name} jobs do not take it")
+    if not given:
+        return None
+    try:
+        return given[0], provider.checked_poll_target(job[given[0]])
+    except ValueError as exc:
+        raise _BadField(given[0], str(exc)) from None
+
+
+def _bad_field(field: str, reason: str | None = None):
+    """400 naming the field; `reason` only where it says nothing the caller did not send."""
+    message = f"invalid field {field}: {reason}" if reason else f"invalid field {field}"
+    return jsonify(error=message, field=field), 400
 
 
 @blueprint.get("/jobs/<job_id>")
