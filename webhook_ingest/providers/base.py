@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -40,6 +41,8 @@ _EXTRA_CHECKS = (
 )
 URL_TOKEN_PREFIX = "WEBHOOK_URL_TOKEN_"  # noqa: S105 - a variable name; shared, migration only
 URL_SECRET_PREFIX = "WEBHOOK_URL_SECRET_"  # noqa: S105 - a variable name; per-job tokens
+BODY_LIMIT_PREFIX = "MAX_BODY_BYTES_"
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,15}")
 
 
 class PayloadError(Exception):
@@ -104,6 +107,11 @@ def env_name(provider: str, prefix: str = "", suffix: str = "") -> str:
 class Provider(WebhookCapableConnector):
     name: ClassVar[str]
     default_base_url: ClassVar[str]
+    # The largest delivery the provider really sends, when that is more than
+    # MAX_BODY_BYTES: providers that put outputs inline in the webhook (RunPod,
+    # fal) send megabytes where others send a status. MAX_BODY_BYTES_<PROVIDER>
+    # overrides either (`max_body_bytes`).
+    default_max_body_bytes: ClassVar[int | None] = None
     _session: requests.Session | None = None
 
     def __init__(
@@ -122,6 +130,7 @@ class Provider(WebhookCapableConnector):
         self._redis = redis
         self.verifier = self._build_verifier() if self.supports_webhooks() else None
         self.allowlist = self._build_allowlist()
+        self.max_body_bytes = self._body_limit()
 
     def supports_webhooks(self) -> bool:
         return True
@@ -239,6 +248,19 @@ class Provider(WebhookCapableConnector):
             )
         except ValueError as exc:
             raise ConfigError(f"{variable}: {exc}") from None
+
+    def _body_limit(self) -> int:
+        """Bytes a delivery may have (more gets 413): MAX_BODY_BYTES_<PROVIDER> if set,
+        else the provider's own default or MAX_BODY_BYTES, whichever is larger."""
+        variable = env_name(self.name, prefix=BODY_LIMIT_PREFIX)
+        value = self.environ.get(variable, "").strip()
+        if not value:
+            return max(self.default_max_body_bytes or 0, self.settings.max_body_bytes)
+        if not _WHOLE_NUMBER.fullmatch(value) or int(value) < 1:
+            raise ConfigError(
+                f"{variable}: expected a whole number of bytes, at least 1 (20971520 is 20 MiB)"
+            )
+        return int(value)
 
     def allows(self, address: str | None) -> bool:
         if self.allowlist is None:

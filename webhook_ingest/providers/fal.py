@@ -111,6 +111,9 @@ class FalProvider(Provider):
     name = "fal"
     configuration_hint = "WEBHOOK_JWKS_URL_FAL"
     default_base_url = "https://queue.fal.run"
+    # The webhook carries the result: CDN URLs mostly, but a model asked for
+    # `sync_mode` answers data URIs, several MB of base64 per image.
+    default_max_body_bytes = 20 * 1024 * 1024
 
     # -- the provider's API -----------------------------------------------------
 

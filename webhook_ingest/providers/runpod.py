@@ -92,6 +92,10 @@ class RunPodProvider(Provider):
     name = "runpod"
     configuration_hint = "WEBHOOK_URL_SECRET_RUNPOD"
     default_base_url = "https://api.runpod.ai/v2"
+    # The status object carries the output inline: base64 images of several MB are
+    # normal, at the scale of RunPod's own request limits (10 MB for /run, 20 MB
+    # for /runsync).
+    default_max_body_bytes = 20 * 1024 * 1024
 
     def __init__(
         self,

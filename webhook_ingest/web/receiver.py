@@ -59,7 +59,7 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
         return _unverified(label, "invalid_job_id", 400, "invalid job id", **logged)
 
     try:
-        body = read_body(services.settings.max_body_bytes)
+        body = read_body(handler.max_body_bytes)  # MAX_BODY_BYTES_<PROVIDER>
     except RequestEntityTooLarge:
         return _unverified(label, "too_large", 413, "body too large", **logged)
     except RequestTimeout:  # the body's deadline (webhook_ingest.web.body_deadline)
@@ -231,8 +231,12 @@ def _unverified(
 
 def read_body(limit: int) -> bytes:
     """The raw body, or 413 when it is larger than `limit`, with or without Content-Length."""
+    # One byte over the limit: Werkzeug answers 413 from Content-Length itself, but
+    # truncates a chunked body silently at the limit; reading one byte more tells
+    # "exactly the limit" from "too large". Per request, so each provider has its own.
+    request.max_content_length = limit + 1
     try:
-        body = request.get_data(cache=False)  # stops after limit + 1 bytes (see create_app)
+        body = request.get_data(cache=False)  # stops after limit + 1 bytes
     except HTTPException:
         raise
     except Exception:  # the server's parser refused the framing (e.g. a bad chunk size)
