@@ -8,7 +8,11 @@ solved once, inside one Lua script that Redis runs atomically:
   observations are ignored;
 - progress never goes down, and `completed` means 100;
 - when anything changed, the merged state is written, the mapping is touched, and
-  the update is published on `job_progress:{job_id}` and `job_updates`.
+  the update is published on `job_progress:{job_id}` and `job_updates`. The
+  published result is the stored one unless its JSON text is longer than
+  BROADCAST_MAX_RESULT_BYTES: then the message carries `"result": null`,
+  `"result_omitted": true` and `"result_size"` (the stored text's bytes), and
+  subscribers read the result from `job_state:{job_id}`.
 
 The same script also keeps what operators look at: the job's last few
 observations and their outcomes (`keys.job_events`), and, when a job finishes,
@@ -39,6 +43,7 @@ local progress_channel, updates_channel = ARGV[12], ARGV[13]
 local events_keep, finished_cutoff, finished_ttl_ms = tonumber(ARGV[14]), ARGV[15], ARGV[16]
 local finished_keep = tonumber(ARGV[17])
 local provider_status = ARGV[18]
+local broadcast_max_result = tonumber(ARGV[20])
 
 -- Whatever becomes of this observation, its delivery is finished: the journal
 -- record the receiver's acknowledgment rests on goes in this same atomic step.
@@ -135,12 +140,18 @@ elseif mapping_exists then
   redis.call('ZADD', live_key, updated_at, job_id)
 end
 
--- `result` is JSON text we produced ourselves, so it is embedded as is.
+-- `result` is JSON text we produced ourselves, so it is embedded as is, unless
+-- it is too large for a pub/sub message (a Redis subscriber is disconnected once
+-- 32 MB wait in its output buffer): then a marker says where it is.
+local broadcast_result = new_result or 'null'
+if new_result and #new_result > broadcast_max_result then
+  broadcast_result = 'null,"result_omitted":true,"result_size":' .. #new_result
+end
 local message = '{"job_id":' .. cjson.encode(job_id)
   .. ',"external_job_id":' .. str(external_id)
   .. ',"status":' .. cjson.encode(status)
   .. ',"progress":' .. new_progress
-  .. ',"result":' .. (new_result or 'null')
+  .. ',"result":' .. broadcast_result
   .. ',"error_message":' .. str(new_error)
   .. ',"provider":' .. cjson.encode(provider)
   .. ',"updated_at":' .. updated_at
@@ -166,6 +177,10 @@ class ApplyResult:
 
 
 EVENTS_KEEP = 20  # per job: enough to tell a story, small enough to never matter
+# A result whose JSON text is longer than this is broadcast as a marker (module
+# docstring): status updates stay small for every subscriber of `job_updates`,
+# while RunPod's and Stability's base64 outputs of several MB stay in job_state.
+BROADCAST_MAX_RESULT_BYTES = 64 * 1024
 # Per provider: the consistency check samples a few of these per run, so more
 # finished jobs than this within its window add nothing but memory.
 FINISHED_KEEP = 10_000
@@ -233,6 +248,7 @@ class StateStore:
                 self._finished_keep,
                 update.provider_status or "",
                 journal_member or "",
+                BROADCAST_MAX_RESULT_BYTES,
             ],
         )
         outcome = Outcome(_text(reply[0]))
