@@ -112,6 +112,10 @@ class Provider(WebhookCapableConnector):
     # fal) send megabytes where others send a status. MAX_BODY_BYTES_<PROVIDER>
     # overrides either (`max_body_bytes`).
     default_max_body_bytes: ClassVar[int | None] = None
+    # Whether the provider's API runs a failed job again under the same id (RunPod's
+    # /retry): its later completion may then replace the failure (StateStore.apply);
+    # for every other provider a failed job stays failed.
+    retries_under_same_id: ClassVar[bool] = False
     _session: requests.Session | None = None
 
     def __init__(
