@@ -138,8 +138,10 @@ def test_a_3_mb_runpod_completion_is_stored_whole_and_broadcast_as_a_marker(
 
         assert answer.status_code == 202, answer.get_json()
         state = wait_for(
-            lambda: state_of(redis_client, job_id).get("status") == COMPLETED
-            and state_of(redis_client, job_id),
+            lambda: (
+                state_of(redis_client, job_id).get("status") == COMPLETED
+                and state_of(redis_client, job_id)
+            ),
             timeout=30,
             message="the 3 MB completion to be applied",
         )
@@ -179,8 +181,10 @@ def test_a_stability_base64_artifact_fetched_by_poll_is_stored_whole_and_broadca
         poll_job.delay("stability", job_id)
 
         state = wait_for(
-            lambda: state_of(redis_client, job_id).get("status") == COMPLETED
-            and state_of(redis_client, job_id),
+            lambda: (
+                state_of(redis_client, job_id).get("status") == COMPLETED
+                and state_of(redis_client, job_id)
+            ),
             timeout=30,
             message="the polled artifact to be applied",
         )
@@ -235,9 +239,7 @@ def test_a_result_of_exactly_the_threshold_is_broadcast_whole_and_one_byte_more_
 # -- per-provider limits ------------------------------------------------------------------
 
 
-def test_runpod_takes_20_mib_by_default_while_replicate_keeps_max_body_bytes(
-    receiver_with, job_id
-):
+def test_runpod_takes_20_mib_by_default_while_replicate_keeps_max_body_bytes(receiver_with, job_id):
     receiver = receiver_with(**runpod_env())  # MAX_BODY_BYTES=65536 (tests/conftest.py)
     receiver.register(job_id, "runpod", "rp-limit")
     receiver.register(f"{job_id}-r", "replicate", "pred-limit")

@@ -77,8 +77,10 @@ def state_of(redis_client, job_id: str) -> dict[str, str]:
 
 def wait_for_status(redis_client, job_id: str, status: str) -> dict[str, str]:
     return wait_for(
-        lambda: state_of(redis_client, job_id).get("status") == status
-        and state_of(redis_client, job_id),
+        lambda: (
+            state_of(redis_client, job_id).get("status") == status
+            and state_of(redis_client, job_id)
+        ),
         message=f"the job to be {status}",
     )
 

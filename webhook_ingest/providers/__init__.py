@@ -65,8 +65,7 @@ def _refuse_unknown_body_limits(environ: Mapping[str, str], providers: dict[str,
     )
     if unknown:
         raise ConfigError(
-            f"{', '.join(unknown)}: no such provider; known: "
-            + ", ".join(sorted(known))
+            f"{', '.join(unknown)}: no such provider; known: " + ", ".join(sorted(known))
         )
 
 
