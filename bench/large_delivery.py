@@ -58,7 +58,7 @@ def children(pid: int) -> list[int]:
     return [child.pid for child in psutil.Process(pid).children(recursive=True)]
 
 
-def processes(size: int, env: dict[str, str], redis_url: str) -> dict:
+def processes(size: int, env: dict[str, str]) -> dict:
     import requests
 
     from bench.common import BIN, Processes, free_port, http_ok, wait_for
@@ -68,8 +68,10 @@ def processes(size: int, env: dict[str, str], redis_url: str) -> dict:
     env = {**env, "PORT": str(port), "WEB_CONCURRENCY": "1"}
     procs = Processes(Path(tempfile.mkdtemp(prefix="wi-large-")))
     try:
-        web = procs.spawn("web", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "webhook_ingest.wsgi:app"], env)  # fmt: skip
-        worker = procs.spawn("worker", [str(BIN / "celery"), "-A", "workers", "worker", "--pool=solo", "--loglevel=WARNING"], env)  # fmt: skip
+        web_args = ["-c", "gunicorn.conf.py", "webhook_ingest.wsgi:app"]
+        web = procs.spawn("web", [str(BIN / "gunicorn"), *web_args], env)
+        worker_args = ["-A", "workers", "worker", "--pool=solo", "--loglevel=WARNING"]
+        worker = procs.spawn("worker", [str(BIN / "celery"), *worker_args], env)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, "gunicorn")
         services = build_services(environ=env)
         time.sleep(5)  # the worker's start settles
@@ -181,11 +183,11 @@ def main(mib: float) -> None:
             "REDIS_URL": redis_url,
             "CELERY_BROKER_URL": redis_url,
             "WEBHOOK_URL_SECRET_RUNPOD": SECRET,
-            "LOG_LEVEL": "INFO",
+            "LOG_LEVEL": "WARNING",
         }
-        for name in ("WEBHOOK_URL_TOKEN_RUNPOD", "MAX_BODY_BYTES_RUNPOD", "PROMETHEUS_MULTIPROC_DIR"):
+        for name in ("WEBHOOK_URL_TOKEN_RUNPOD", "MAX_BODY_BYTES_RUNPOD"):
             env.pop(name, None)
-        figures = {"body_mib": mib, **processes(size, env, redis_url)}
+        figures = {"body_mib": mib, **processes(size, env)}
         client.flushall()
         figures.update(in_process(size, env))
         print(json.dumps(figures, indent=2))

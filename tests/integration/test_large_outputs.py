@@ -301,3 +301,37 @@ def test_operator_requests_keep_max_body_bytes_whatever_a_provider_takes(receive
     )
 
     assert answer.status_code == 413
+
+
+class CountedBody(io.BytesIO):
+    """A request body that counts the bytes the receiver takes from it."""
+
+    taken = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.taken += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        count = super().readinto(buffer)
+        self.taken += count
+        return count
+
+
+def test_a_wrong_runpod_token_is_refused_before_the_body_is_read(receiver_with, job_id):
+    """RunPod's URLs take 20 MiB, and its URL token covers nothing of the body: a
+    stranger without the job's token gets 401 before a byte of the body is read."""
+    receiver = receiver_with(**runpod_env())
+    receiver.register(job_id, "runpod", "rp-stranger")
+    body = CountedBody(padded_runpod_body("rp-stranger", RUNPOD_DEFAULT_LIMIT))
+
+    answer = receiver.client.post(
+        f"/webhook/runpod/{job_id}/{token_of(job_id + '-other')}",
+        input_stream=body,
+        headers={"Content-Type": "application/json", "Content-Length": str(RUNPOD_DEFAULT_LIMIT)},
+    )
+
+    assert answer.status_code == 401
+    assert body.taken == 0
+    assert receiver.queued() == 0

@@ -42,6 +42,8 @@ _EXTRA_CHECKS = (
 URL_TOKEN_PREFIX = "WEBHOOK_URL_TOKEN_"  # noqa: S105 - a variable name; shared, migration only
 URL_SECRET_PREFIX = "WEBHOOK_URL_SECRET_"  # noqa: S105 - a variable name; per-job tokens
 BODY_LIMIT_PREFIX = "MAX_BODY_BYTES_"
+# Verification schemes that prove who sent a delivery without covering its body.
+_CREDENTIALS_ONLY = frozenset({"url-token", "bearer", "basic"})
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,15}")
 
 
@@ -285,6 +287,14 @@ class Provider(WebhookCapableConnector):
     def configuration_hint(self) -> str:
         """The variable an operator sets to enable this provider's webhooks."""
         return env_name(self.name, prefix="WEBHOOK_SECRET_")
+
+    @property
+    def proof_covers_no_body(self) -> bool:
+        """Whether every configured check is a credential that signs nothing of the
+        body (URL token, bearer, basic): the receiver then checks it before reading
+        the body."""
+        schemes = set(self.verifier.scheme.split("+")) if self.verifier is not None else set()
+        return bool(schemes) and schemes <= _CREDENTIALS_ONLY
 
     @property
     def takes_url_token(self) -> bool:

@@ -23,7 +23,12 @@ from webhook_ingest.observability.metrics import (
     ENQUEUE_SECONDS,
     VERIFICATION_FAILURES,
 )
-from webhook_ingest.verification import VerificationError, VerificationUnavailable, body_digest
+from webhook_ingest.verification import (
+    VerificationError,
+    VerificationUnavailable,
+    Verified,
+    body_digest,
+)
 from webhook_ingest.web.http_errors import error
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,14 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     if job_id is not None and not JOB_ID.fullmatch(job_id):
         return _unverified(label, "invalid_job_id", 400, "invalid job id", **logged)
 
+    verified = None
+    if handler.proof_covers_no_body:
+        # A URL token (RunPod), bearer or basic credentials say nothing about the
+        # body: checked before it is read, so a stranger cannot first make the
+        # receiver read up to the provider's limit (20 MiB on RunPod's URLs).
+        verified = _verify(handler, b"", token, job_id, label, logged)
+        if not isinstance(verified, Verified):
+            return verified  # the refusal
     try:
         body = read_body(handler.max_body_bytes)  # MAX_BODY_BYTES_<PROVIDER>
     except RequestEntityTooLarge:
@@ -68,28 +81,10 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
         )
     except BadRequest:
         return _unverified(label, "malformed_body", 400, "malformed request body", **logged)
-    try:
-        # the job id of the same URL: a per-job URL token must be that job's
-        verified = handler.verifier.verify(body, request.headers, url_token=token, job_id=job_id)
-    except VerificationError as exc:
-        VERIFICATION_FAILURES.labels(label, exc.reason).inc()
-        return _unverified(
-            label,
-            "verification_failed",
-            401,
-            f"verification failed: {exc.reason}",
-            exc.reason,
-            **logged,
-        )
-    except VerificationUnavailable:
-        return _refused(
-            label,
-            "verification_unavailable",
-            503,
-            "cannot verify deliveries right now, retry later",
-            Retry_After="30",
-            **logged,
-        )
+    if verified is None:
+        verified = _verify(handler, body, token, job_id, label, logged)
+        if not isinstance(verified, Verified):
+            return verified  # the refusal
     # Schemes without a delivery id (tokens): the same body is the same delivery.
     delivery_id = verified.delivery_id or body_digest(body)
     ids = {"job_id": job_id, "delivery_id": delivery_id}
@@ -155,6 +150,32 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     services.raw_deliveries.keep(delivery)  # off by default; never raises
     _count(label, "accepted", **ids)
     return jsonify(received=True), 202
+
+
+def _verify(handler, body: bytes, token: str | None, job_id: str | None, label: str, logged: dict):
+    """The delivery's proof, or the answer refusing it."""
+    try:
+        # the job id of the same URL: a per-job URL token must be that job's
+        return handler.verifier.verify(body, request.headers, url_token=token, job_id=job_id)
+    except VerificationError as exc:
+        VERIFICATION_FAILURES.labels(label, exc.reason).inc()
+        return _unverified(
+            label,
+            "verification_failed",
+            401,
+            f"verification failed: {exc.reason}",
+            exc.reason,
+            **logged,
+        )
+    except VerificationUnavailable:
+        return _refused(
+            label,
+            "verification_unavailable",
+            503,
+            "cannot verify deliveries right now, retry later",
+            Retry_After="30",
+            **logged,
+        )
 
 
 def _segment_is_a_job_id(handler, token: str | None) -> bool:
