@@ -39,6 +39,7 @@ def build_services(
     settings = settings or load_settings(environ)
     client = redis_client.connect(settings.redis_url)
     journal = Journal(client, redrive_after_seconds=settings.journal_redrive_after_seconds)
+    providers = load_providers(settings, environ, redis=client)
     return Services(
         settings=settings,
         redis=client,
@@ -46,6 +47,9 @@ def build_services(
             client,
             applied_ttl_seconds=settings.dedup_ttl_seconds,
             finished_window_seconds=settings.consistency_check_window_seconds,
+            retried_under_same_id=frozenset(
+                name for name, provider in providers.items() if provider.retries_under_same_id
+            ),
         ),
         jobs=JobRegistry(client),
         claims=DeliveryClaims(
@@ -60,7 +64,7 @@ def build_services(
             max_per_provider=settings.dead_letter_max_per_provider,
             max_bytes_per_provider=settings.dead_letter_max_bytes_per_provider,
         ),
-        providers=load_providers(settings, environ, redis=client),
+        providers=providers,
         raw_deliveries=RawDeliveries(client, retention_seconds=settings.raw_retention_seconds),
         ignored=IgnoredDeliveries(client),
         journal=journal,

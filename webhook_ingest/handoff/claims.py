@@ -106,7 +106,7 @@ def claim_keys(delivery: Delivery, client: str) -> list[str]:
     ]
 
 
-def claim_args(ttl_seconds: int, record: tuple[str, int, str], rate: RateLimit | None) -> list:
+def claim_args(ttl_seconds: int, record: tuple[str, int, bytes], rate: RateLimit | None) -> list:
     member, due, message = record
     limit, window = (rate.amount, rate.seconds) if rate else (0, 0)
     return [ttl_seconds, ENQUEUED, member, due, message, limit, window]
@@ -122,7 +122,7 @@ class DeliveryClaims:
         self.rate = rate
         self._claim = client.register_script(CLAIM_AND_JOURNAL_LUA + "\nreturn 'new'\n")
 
-    def claim(self, delivery: Delivery, record: tuple[str, int, str], client: str = "") -> Claim:
+    def claim(self, delivery: Delivery, record: tuple[str, int, bytes], client: str = "") -> Claim:
         """`record`: the delivery's journal record (handoff.journal.Journal.record);
         `client`: the sender's address, for RATE_LIMIT. Raises RateLimited."""
         reply = self._claim(

@@ -57,14 +57,16 @@ class Journal:
 
     # -- what the receiver's scripts write ----------------------------------------
 
-    def record(self, delivery: Delivery) -> tuple[str, int, str]:
+    def record(self, delivery: Delivery) -> tuple[str, int, bytes]:
         """(member, due time in ms, message) for a script that journals `delivery`."""
         journaled = replace(delivery, journaled=True)
         return (
             delivery.journal_member,
             now_ms() + self.redrive_after_ms,
-            # UTF-8: an escaped non-ASCII body would take three to six times its size
-            json.dumps(journaled.to_message(), ensure_ascii=False),
+            # UTF-8: an escaped non-ASCII body would take three to six times its size.
+            # Bytes, which Redis takes as they are: text would be encoded into one
+            # more copy of a body of up to MAX_BODY_BYTES_<PROVIDER> during the call.
+            json.dumps(journaled.to_message(), ensure_ascii=False).encode(),
         )
 
     def open(self, delivery: Delivery) -> None:

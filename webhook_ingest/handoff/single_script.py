@@ -46,14 +46,19 @@ from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import argsrepr
 from webhook_ingest.state import keys as state_keys
 
-# Stands for the queue's name in the message until the script picks the queue:
-# random per process, so no delivery's text (its id shows in argsrepr) holds it.
+# Stand for the task's body and the queue's name in the message until the script
+# joins them in: random per process, so no delivery's text (its id shows in
+# argsrepr) holds them. The body is base64 of up to MAX_BODY_BYTES_<PROVIDER>
+# (20 MiB for RunPod): passed to Redis on its own, it is never copied into a
+# second string of the whole message here.
+_BODY_MARK = f"body-{uuid.uuid4().hex}"
 _QUEUE_MARK = f"queue-{uuid.uuid4().hex}"
 
 # Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-4], ARGV[1-7]), then
 # the push. KEYS[5-7]: main queue, unmatched queue, the job's mapping ("" when the
-# URL names no job). ARGV[8-11]: broker message before and after its queue's name
-# (delivery_info.routing_key), broker db, state db.
+# URL names no job). ARGV[8-13]: broker message up to its body, the body (base64),
+# the message from there up to its queue's name (delivery_info.routing_key), the
+# rest, broker db, state db.
 # A delivery for a job with no mapping goes to the unmatched queue from its first
 # attempt (celeryconfig.UNMATCHED_QUEUE): a flood of them must not stand in line
 # before deliveries for registered jobs (issue 14, finding 4). The worker applies
@@ -63,9 +68,9 @@ _CLAIM_AND_PUSH_LUA = (
     + """
 local queue = KEYS[5]
 if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 0 then queue = KEYS[6] end
-local broker_db, state_db = tonumber(ARGV[10]), tonumber(ARGV[11])
+local broker_db, state_db = tonumber(ARGV[12]), tonumber(ARGV[13])
 if broker_db ~= state_db then redis.call('SELECT', broker_db) end
-redis.call('LPUSH', queue, ARGV[8] .. queue .. ARGV[9])
+redis.call('LPUSH', queue, ARGV[8] .. ARGV[9] .. ARGV[10] .. queue .. ARGV[11])
 if broker_db ~= state_db then redis.call('SELECT', state_db) end
 return 'enqueued'
 """
@@ -125,12 +130,16 @@ class SingleScriptHandoff(Handoff):
 
     def accept(self, delivery: Delivery, client: str = "") -> Claim:
         delivery = replace(delivery, journaled=True)
-        before, after = self.message(delivery, _QUEUE_MARK).split(_QUEUE_MARK)
+        record = self._journal.record(delivery)
+        head, body, rest = self._pieces(delivery)
+        before, after = rest.split(_QUEUE_MARK)
         mapping = state_keys.job_mapping(delivery.job_id) if delivery.job_id else ""
         reply = self._script(
             keys=[*claim_keys(delivery, client), self._queue, UNMATCHED_QUEUE, mapping],
             args=[
-                *claim_args(self._ttl, self._journal.record(delivery), self._rate),
+                *claim_args(self._ttl, record, self._rate),
+                head,
+                body,
                 before,
                 after,
                 self._broker_db,
@@ -142,13 +151,21 @@ class SingleScriptHandoff(Handoff):
     def message(self, delivery: Delivery, queue: str | None = None) -> str:
         """The JSON kombu's Redis transport stores for `send_task(INGEST_TASK, [message])`
         (on `queue`, the main queue unless given)."""
+        head, body, rest = self._pieces(delivery)
+        return head + body.decode("ascii") + rest.replace(_QUEUE_MARK, queue or self._queue)
+
+    def _pieces(self, delivery: Delivery) -> tuple[str, bytes, str]:
+        """The message as (its text up to the task's body, the body: base64 bytes, the
+        rest with _QUEUE_MARK for the queue's name)."""
+        # UTF-8, as Celery's json serializer writes it here (broker.utf8_json); one
+        # expression, so the text is gone before its base64 is made
+        task = [[delivery.to_message()], {}, self._embed]
+        body = base64.b64encode(json.dumps(task, ensure_ascii=False).encode())
         task_id = str(uuid.uuid4())
         headers_argsrepr = argsrepr(delivery)
-        # UTF-8, as Celery's json serializer writes it here (broker.utf8_json)
-        body = json.dumps([[delivery.to_message()], {}, self._embed], ensure_ascii=False)
-        return json.dumps(
+        envelope = json.dumps(
             {
-                "body": base64.b64encode(body.encode()).decode("ascii"),
+                "body": _BODY_MARK,
                 "content-encoding": "utf-8",
                 "content-type": "application/json",
                 "headers": {
@@ -163,13 +180,15 @@ class SingleScriptHandoff(Handoff):
                     # Celery copies it here too (publish options end up as properties)
                     "argsrepr": headers_argsrepr,
                     "delivery_mode": 2,  # persistent
-                    "delivery_info": {"exchange": "", "routing_key": queue or self._queue},
+                    "delivery_info": {"exchange": "", "routing_key": _QUEUE_MARK},
                     "priority": 0,
                     "body_encoding": "base64",
                     "delivery_tag": str(uuid.uuid4()),
                 },
             }
         )
+        head, rest = envelope.split(f'"{_BODY_MARK}"')
+        return f'{head}"', body, f'"{rest}'
 
 
 def broker_url(celery_app: Celery) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from webhook_ingest.config import Settings
+from webhook_ingest.config import ConfigError, Settings
 from webhook_ingest.providers.base import (
+    BODY_LIMIT_PREFIX,
     JobRef,
     JobRequest,
     PayloadError,
@@ -48,6 +50,7 @@ def load_providers(
     providers.update(
         providers_from_environ(settings, environ, reserved=PROVIDER_CLASSES, redis=redis)
     )
+    _refuse_unknown_body_limits(os.environ if environ is None else environ, providers)
     return providers
 
 
@@ -59,6 +62,21 @@ def configuration_warnings(providers: Mapping[str, Provider]) -> list[str]:
         for name, provider in sorted(providers.items())
         for warning in provider.configuration_warnings()
     ]
+
+
+def _refuse_unknown_body_limits(environ: Mapping[str, str], providers: dict[str, Provider]) -> None:
+    """A misspelt MAX_BODY_BYTES_<PROVIDER> would leave that provider's real deliveries
+    at the default limit, refused with 413 while the operator thinks them allowed."""
+    known = {f"{BODY_LIMIT_PREFIX}{name.upper()}" for name in providers}
+    unknown = sorted(
+        name
+        for name, value in environ.items()
+        if name.startswith(BODY_LIMIT_PREFIX) and value.strip() and name not in known
+    )
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(unknown)}: no such provider; known: " + ", ".join(sorted(known))
+        )
 
 
 __all__ = [

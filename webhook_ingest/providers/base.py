@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -40,6 +41,10 @@ _EXTRA_CHECKS = (
 )
 URL_TOKEN_PREFIX = "WEBHOOK_URL_TOKEN_"  # noqa: S105 - a variable name; shared, migration only
 URL_SECRET_PREFIX = "WEBHOOK_URL_SECRET_"  # noqa: S105 - a variable name; per-job tokens
+BODY_LIMIT_PREFIX = "MAX_BODY_BYTES_"
+# Verification schemes that prove who sent a delivery without covering its body.
+_CREDENTIALS_ONLY = frozenset({"url-token", "bearer", "basic"})
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,15}")
 
 
 class PayloadError(Exception):
@@ -108,6 +113,16 @@ class Provider(WebhookCapableConnector):
     # RunPod's endpoint): the field that says it in `POST /jobs` and in the job's
     # mapping (providers.poll_targets). None: the id is enough.
     poll_target_field: ClassVar[str | None] = None
+
+    # The largest delivery the provider really sends, when that is more than
+    # MAX_BODY_BYTES: providers that put outputs inline in the webhook (RunPod,
+    # fal) send megabytes where others send a status. MAX_BODY_BYTES_<PROVIDER>
+    # overrides either (`max_body_bytes`).
+    default_max_body_bytes: ClassVar[int | None] = None
+    # Whether the provider's API runs a failed job again under the same id (RunPod's
+    # /retry): its later completion may then replace the failure (StateStore.apply);
+    # for every other provider a failed job stays failed.
+    retries_under_same_id: ClassVar[bool] = False
     _session: requests.Session | None = None
 
     def __init__(
@@ -126,6 +141,7 @@ class Provider(WebhookCapableConnector):
         self._redis = redis
         self.verifier = self._build_verifier() if self.supports_webhooks() else None
         self.allowlist = self._build_allowlist()
+        self.max_body_bytes = self._body_limit()
 
     def supports_webhooks(self) -> bool:
         return True
@@ -271,6 +287,19 @@ class Provider(WebhookCapableConnector):
         except ValueError as exc:
             raise ConfigError(f"{variable}: {exc}") from None
 
+    def _body_limit(self) -> int:
+        """Bytes a delivery may have (more gets 413): MAX_BODY_BYTES_<PROVIDER> if set,
+        else the provider's own default or MAX_BODY_BYTES, whichever is larger."""
+        variable = env_name(self.name, prefix=BODY_LIMIT_PREFIX)
+        value = self.environ.get(variable, "").strip()
+        if not value:
+            return max(self.default_max_body_bytes or 0, self.settings.max_body_bytes)
+        if not _WHOLE_NUMBER.fullmatch(value) or int(value) < 1:
+            raise ConfigError(
+                f"{variable}: expected a whole number of bytes, at least 1 (20971520 is 20 MiB)"
+            )
+        return int(value)
+
     def allows(self, address: str | None) -> bool:
         if self.allowlist is None:
             return True
@@ -290,6 +319,14 @@ class Provider(WebhookCapableConnector):
     def configuration_hint(self) -> str:
         """The variable an operator sets to enable this provider's webhooks."""
         return env_name(self.name, prefix="WEBHOOK_SECRET_")
+
+    @property
+    def proof_covers_no_body(self) -> bool:
+        """Whether every configured check is a credential that signs nothing of the
+        body (URL token, bearer, basic): the receiver then checks it before reading
+        the body."""
+        schemes = set(self.verifier.scheme.split("+")) if self.verifier is not None else set()
+        return bool(schemes) and schemes <= _CREDENTIALS_ONLY
 
     @property
     def takes_url_token(self) -> bool:

@@ -145,6 +145,10 @@ class FalProvider(Provider):
             raise ValueError("expected a fal app id such as fal-ai/flux")
         return "/".join(value.split("/")[:2])
 
+    # The webhook carries the result: CDN URLs mostly, but a model asked for
+    # `sync_mode` answers data URIs, several MB of base64 per image.
+    default_max_body_bytes = 20 * 1024 * 1024
+
     # -- the provider's API -----------------------------------------------------
 
     @property

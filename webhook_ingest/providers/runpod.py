@@ -107,6 +107,14 @@ class RunPodProvider(Provider):
             )
         return warnings
 
+    # The status object carries the output inline: base64 images of several MB are
+    # normal, at the scale of RunPod's own request limits (10 MB for /run, 20 MB
+    # for /runsync).
+    default_max_body_bytes = 20 * 1024 * 1024
+    # POST {base}/{endpoint}/retry/{id} runs a FAILED or TIMED_OUT job again under
+    # the same id: its COMPLETED then arrives after our `failed`.
+    retries_under_same_id = True
+
     def __init__(
         self,
         settings: Settings,

@@ -5,10 +5,17 @@ solved once, inside one Lua script that Redis runs atomically:
 
 - a delivery id already applied to the job changes nothing;
 - a terminal status (completed, failed) is final: later or late-arriving
-  observations are ignored;
+  observations are ignored — with one exception: a provider whose API runs a
+  failed job again under the same id (`Provider.retries_under_same_id`, RunPod's
+  /retry) may turn `failed` into `completed` (its error message is cleared then);
+  `completed` stays final for every provider;
 - progress never goes down, and `completed` means 100;
 - when anything changed, the merged state is written, the mapping is touched, and
-  the update is published on `job_progress:{job_id}` and `job_updates`.
+  the update is published on `job_progress:{job_id}` and `job_updates`. The
+  published result is the stored one unless its JSON text is longer than
+  BROADCAST_MAX_RESULT_BYTES: then the message carries `"result": null`,
+  `"result_omitted": true` and `"result_size"` (the stored text's bytes), and
+  subscribers read the result from `job_state:{job_id}`.
 
 The same script also keeps what operators look at: the job's last few
 observations and their outcomes (`keys.job_events`), and, when a job finishes,
@@ -39,6 +46,7 @@ local progress_channel, updates_channel = ARGV[12], ARGV[13]
 local events_keep, finished_cutoff, finished_ttl_ms = tonumber(ARGV[14]), ARGV[15], ARGV[16]
 local finished_keep = tonumber(ARGV[17])
 local provider_status = ARGV[18]
+local failed_may_complete, broadcast_max_result = ARGV[20], tonumber(ARGV[21])
 
 -- Whatever becomes of this observation, its delivery is finished: the journal
 -- record the receiver's acknowledgment rests on goes in this same atomic step.
@@ -88,7 +96,9 @@ end
 
 local current = redis.call('HMGET', state_key, 'status', 'progress', 'result', 'error_message')
 local cur_status, cur_progress = current[1], tonumber(current[2]) or 0
-if cur_status == 'completed' or cur_status == 'failed' then
+-- The provider ran the failed job again under the same id and it completed.
+local retried = cur_status == 'failed' and status == 'completed' and failed_may_complete == '1'
+if (cur_status == 'completed' or cur_status == 'failed') and not retried then
   record('terminal')
   return {'terminal'}
 end
@@ -103,6 +113,11 @@ local new_result = current[3]
 if result ~= '' then new_result = result end
 local new_error = current[4]
 if error_message ~= '' then new_error = error_message end
+if retried then
+  -- the failure it reported is over: a completed job with an error would contradict itself
+  new_error = false
+  redis.call('HDEL', state_key, 'error_message')
+end
 
 if cur_status == status and new_progress == cur_progress
    and new_result == current[3] and new_error == current[4] then
@@ -135,12 +150,18 @@ elseif mapping_exists then
   redis.call('ZADD', live_key, updated_at, job_id)
 end
 
--- `result` is JSON text we produced ourselves, so it is embedded as is.
+-- `result` is JSON text we produced ourselves, so it is embedded as is, unless
+-- it is too large for a pub/sub message (a Redis subscriber is disconnected once
+-- 32 MB wait in its output buffer): then a marker says where it is.
+local broadcast_result = new_result or 'null'
+if new_result and #new_result > broadcast_max_result then
+  broadcast_result = 'null,"result_omitted":true,"result_size":' .. #new_result
+end
 local message = '{"job_id":' .. cjson.encode(job_id)
   .. ',"external_job_id":' .. str(external_id)
   .. ',"status":' .. cjson.encode(status)
   .. ',"progress":' .. new_progress
-  .. ',"result":' .. (new_result or 'null')
+  .. ',"result":' .. broadcast_result
   .. ',"error_message":' .. str(new_error)
   .. ',"provider":' .. cjson.encode(provider)
   .. ',"updated_at":' .. updated_at
@@ -166,6 +187,10 @@ class ApplyResult:
 
 
 EVENTS_KEEP = 20  # per job: enough to tell a story, small enough to never matter
+# A result whose JSON text is longer than this is broadcast as a marker (module
+# docstring): status updates stay small for every subscriber of `job_updates`,
+# while RunPod's and Stability's base64 outputs of several MB stay in job_state.
+BROADCAST_MAX_RESULT_BYTES = 64 * 1024
 # Per provider: the consistency check samples a few of these per run, so more
 # finished jobs than this within its window add nothing but memory.
 FINISHED_KEEP = 10_000
@@ -180,8 +205,12 @@ class StateStore:
         applied_ttl_seconds: int,
         finished_window_seconds: int = 3600,
         finished_keep: int = FINISHED_KEEP,
+        retried_under_same_id: frozenset[str] = frozenset(),
     ) -> None:
+        """`retried_under_same_id`: the providers whose failed jobs may still complete
+        (those with `Provider.retries_under_same_id`)."""
         self._redis = client
+        self._failed_may_complete = retried_under_same_id
         self._applied_ttl = applied_ttl_seconds
         self._finished_window_ms = finished_window_seconds * 1000
         self._finished_keep = finished_keep
@@ -233,6 +262,8 @@ class StateStore:
                 self._finished_keep,
                 update.provider_status or "",
                 journal_member or "",
+                "1" if update.provider in self._failed_may_complete else "",
+                BROADCAST_MAX_RESULT_BYTES,
             ],
         )
         outcome = Outcome(_text(reply[0]))

@@ -30,10 +30,10 @@ def create_app(
     settings = services.settings
 
     app = Flask(__name__)
-    # One byte over the limit: Werkzeug answers 413 from Content-Length itself, but
-    # truncates a chunked body silently at the limit; reading one byte more lets
-    # the receiver tell "exactly the limit" from "too large" (receiver.read_body).
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
+    # Operator requests (POST /jobs, ...). A webhook's body is read under its
+    # provider's limit instead (MAX_BODY_BYTES_<PROVIDER>, receiver.read_body), which
+    # may be larger: RunPod's outputs come inline.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     if settings.trusted_proxy_count:
         # Only hops we were told about may set the client address.

@@ -23,7 +23,12 @@ from webhook_ingest.observability.metrics import (
     ENQUEUE_SECONDS,
     VERIFICATION_FAILURES,
 )
-from webhook_ingest.verification import VerificationError, VerificationUnavailable, body_digest
+from webhook_ingest.verification import (
+    VerificationError,
+    VerificationUnavailable,
+    Verified,
+    body_digest,
+)
 from webhook_ingest.web.http_errors import error
 
 log = logging.getLogger(__name__)
@@ -58,8 +63,16 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     if job_id is not None and not JOB_ID.fullmatch(job_id):
         return _unverified(label, "invalid_job_id", 400, "invalid job id", **logged)
 
+    verified = None
+    if handler.proof_covers_no_body:
+        # A URL token (RunPod), bearer or basic credentials say nothing about the
+        # body: checked before it is read, so a stranger cannot first make the
+        # receiver read up to the provider's limit (20 MiB on RunPod's URLs).
+        verified = _verify(handler, b"", token, job_id, label, logged)
+        if not isinstance(verified, Verified):
+            return verified  # the refusal
     try:
-        body = read_body(services.settings.max_body_bytes)
+        body = read_body(handler.max_body_bytes)  # MAX_BODY_BYTES_<PROVIDER>
     except RequestEntityTooLarge:
         return _unverified(label, "too_large", 413, "body too large", **logged)
     except RequestTimeout:  # the body's deadline (webhook_ingest.web.body_deadline)
@@ -68,43 +81,27 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
         )
     except BadRequest:
         return _unverified(label, "malformed_body", 400, "malformed request body", **logged)
-    try:
-        # the job id of the same URL: a per-job URL token must be that job's
-        verified = handler.verifier.verify(body, request.headers, url_token=token, job_id=job_id)
-    except VerificationError as exc:
-        VERIFICATION_FAILURES.labels(label, exc.reason).inc()
-        return _unverified(
-            label,
-            "verification_failed",
-            401,
-            f"verification failed: {exc.reason}",
-            exc.reason,
-            **logged,
-        )
-    except VerificationUnavailable:
-        return _refused(
-            label,
-            "verification_unavailable",
-            503,
-            "cannot verify deliveries right now, retry later",
-            Retry_After="30",
-            **logged,
-        )
+    if verified is None:
+        verified = _verify(handler, body, token, job_id, label, logged)
+        if not isinstance(verified, Verified):
+            return verified  # the refusal
     # Schemes without a delivery id (tokens): the same body is the same delivery.
     delivery_id = verified.delivery_id or body_digest(body)
     ids = {"job_id": job_id, "delivery_id": delivery_id}
 
     try:
-        text = body.decode("utf-8")
-        payload = strict_json.loads(text)
+        text = _object_text(body)
     except strict_json.NotStrictJSON as exc:
         # Python would take it, the worker could not store or broadcast it: refused
         # here rather than parked as an error later. The message names the rule only.
         return _refused(label, "invalid_json", 400, f"body is not JSON: {exc}", **ids)
+    except _NotAnObject:
+        return _refused(label, "invalid_json", 400, "body is not a JSON object", **ids)
     except ValueError:
         return _refused(label, "invalid_json", 400, "body is not JSON", **ids)
-    if not isinstance(payload, dict):
-        return _refused(label, "invalid_json", 400, "body is not a JSON object", **ids)
+    # The text travels on; the bytes would be one more copy of a body of up to
+    # MAX_BODY_BYTES_<PROVIDER> (20 MiB for RunPod) for the rest of the request.
+    del body
 
     delivery = Delivery(
         provider=provider,
@@ -153,6 +150,32 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
     services.raw_deliveries.keep(delivery)  # off by default; never raises
     _count(label, "accepted", **ids)
     return jsonify(received=True), 202
+
+
+def _verify(handler, body: bytes, token: str | None, job_id: str | None, label: str, logged: dict):
+    """The delivery's proof, or the answer refusing it."""
+    try:
+        # the job id of the same URL: a per-job URL token must be that job's
+        return handler.verifier.verify(body, request.headers, url_token=token, job_id=job_id)
+    except VerificationError as exc:
+        VERIFICATION_FAILURES.labels(label, exc.reason).inc()
+        return _unverified(
+            label,
+            "verification_failed",
+            401,
+            f"verification failed: {exc.reason}",
+            exc.reason,
+            **logged,
+        )
+    except VerificationUnavailable:
+        return _refused(
+            label,
+            "verification_unavailable",
+            503,
+            "cannot verify deliveries right now, retry later",
+            Retry_After="30",
+            **logged,
+        )
 
 
 def _segment_is_a_job_id(handler, token: str | None) -> bool:
@@ -229,10 +252,28 @@ def _unverified(
     return error(429, "too many unverified requests", Retry_After=str(wait))
 
 
+class _NotAnObject(ValueError):
+    pass
+
+
+def _object_text(body: bytes) -> str:
+    """The body as text, once it is known to be a strict JSON object. The parsed
+    document is dropped at once (the worker parses the text again): held for the
+    rest of the request it would be another copy of the body."""
+    text = body.decode("utf-8")
+    if not isinstance(strict_json.loads(text), dict):
+        raise _NotAnObject
+    return text
+
+
 def read_body(limit: int) -> bytes:
     """The raw body, or 413 when it is larger than `limit`, with or without Content-Length."""
+    # One byte over the limit: Werkzeug answers 413 from Content-Length itself, but
+    # truncates a chunked body silently at the limit; reading one byte more tells
+    # "exactly the limit" from "too large". Per request, so each provider has its own.
+    request.max_content_length = limit + 1
     try:
-        body = request.get_data(cache=False)  # stops after limit + 1 bytes (see create_app)
+        body = request.get_data(cache=False)  # stops after limit + 1 bytes
     except HTTPException:
         raise
     except Exception:  # the server's parser refused the framing (e.g. a bad chunk size)
