@@ -111,6 +111,24 @@ def github_headers(secret: str, body: bytes, delivery: str | None = None) -> dic
     }
 
 
+# The broadcast's fields, as the job system's contract names them (README, Redis
+# keys): every JobStateUpdate message carries exactly these (a large result adds
+# the marker fields of the broadcast's size rule).
+BROADCAST_FIELDS = frozenset(
+    {
+        "job_id",
+        "external_job_id",
+        "status",
+        "progress",
+        "result",
+        "error_message",
+        "provider",
+        "updated_at",
+        "source",
+    }
+)
+
+
 def body_of(payload: Any) -> str:
     return json.dumps(payload)
 

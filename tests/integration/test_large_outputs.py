@@ -26,7 +26,7 @@ import secrets
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, REPLICATE_SECRET
-from tests.support import Subscriber, client_for, signed_headers, wait_for
+from tests.support import BROADCAST_FIELDS, Subscriber, client_for, signed_headers, wait_for
 from webhook_ingest.state import keys
 from webhook_ingest.state.job_update import COMPLETED, SOURCE_WEBHOOK, JobStateUpdate
 
@@ -34,17 +34,6 @@ SECRET = secrets.token_urlsafe(32)
 MIB = 1024 * 1024
 RUNPOD_DEFAULT_LIMIT = 20 * MIB  # README, configuration: MAX_BODY_BYTES_<PROVIDER>
 THRESHOLD = 64 * 1024  # README: results over 64 KiB of JSON text are not broadcast
-BROADCAST_FIELDS = {
-    "job_id",
-    "external_job_id",
-    "status",
-    "progress",
-    "result",
-    "error_message",
-    "provider",
-    "updated_at",
-    "source",
-}
 MARKER_FIELDS = {"result_omitted", "result_size"}
 
 

@@ -19,24 +19,20 @@ import uuid
 import pytest
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
-from tests.support import Subscriber, body_of, client_for, signed_headers, wait_for
+from tests.support import (
+    BROADCAST_FIELDS,
+    Subscriber,
+    body_of,
+    client_for,
+    signed_headers,
+    wait_for,
+)
 from webhook_ingest.operations.orphan_poller import OrphanPoller, PollOutcome
 from webhook_ingest.providers import JobRef
 from webhook_ingest.providers.declarative import Fields
 from webhook_ingest.services import build_services
 from webhook_ingest.state import keys
 
-BROADCAST_FIELDS = {
-    "job_id",
-    "external_job_id",
-    "status",
-    "progress",
-    "result",
-    "error_message",
-    "provider",
-    "updated_at",
-    "source",
-}
 RUNPOD_TOKEN = "runpod-token-" + uuid.uuid4().hex
 
 

@@ -11,22 +11,12 @@ import json
 import pytest
 from marshmallow import ValidationError
 
-from tests.support import Subscriber
+from tests.support import BROADCAST_FIELDS, Subscriber
 from webhook_ingest.state.job_update import JobStateUpdate
 from webhook_ingest.state.store import Outcome, keys
 
 T0 = 1_750_000_000_000  # epoch ms
-SEED_FIELDS = {
-    "job_id",
-    "external_job_id",
-    "status",
-    "progress",
-    "result",
-    "error_message",
-    "provider",
-    "updated_at",
-    "source",
-}
+SEED_FIELDS = BROADCAST_FIELDS
 
 
 def update(job_id, status="processing", *, at=T0, source="webhook", **fields) -> JobStateUpdate:
