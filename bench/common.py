@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PROVIDER = "replicate"
 QUEUE = "webhook_ingest"  # celeryconfig.task_default_queue: the broker list deliveries wait in
+# Where the receiver queues a delivery whose job has no mapping yet (celeryconfig):
+# the receiver benchmark's deliveries name jobs nobody registered, so they wait here.
+UNMATCHED_QUEUE = "webhook_ingest.unmatched"
 # A Replicate `processing` prediction whose logs carry tqdm progress: normalized to 50 %.
 LOGS = " 50%|#####     | 50/100 [00:01<00:01, 49.1it/s]\n"
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.common import PROVIDER, QUEUE, ROOT, Signer, prediction_body
+from bench.common import PROVIDER, QUEUE, ROOT, UNMATCHED_QUEUE, Signer, prediction_body
 
 THREADS = 2
 CONNECTIONS = 16
@@ -87,12 +87,18 @@ def _summed(results: list[dict]) -> dict:
     }
 
 
+def queued(client) -> int:
+    """Deliveries on both queues: those for unregistered jobs (all of R's) go to
+    the unmatched one."""
+    return client.llen(QUEUE) + client.llen(UNMATCHED_QUEUE)
+
+
 def settled_length(client) -> int:
-    """The queue's length once requests still in the receiver when wrk stopped are in."""
-    length, since = client.llen(QUEUE), time.monotonic()
+    """The queues' length once requests still in the receiver when wrk stopped are in."""
+    length, since = queued(client), time.monotonic()
     while time.monotonic() - since < 0.5:
         time.sleep(0.1)
-        now = client.llen(QUEUE)
+        now = queued(client)
         if now != length:
             length, since = now, time.monotonic()
     return length
@@ -111,7 +117,7 @@ def measure(bench, run: int) -> dict:
     urls = {"bare": bench.bare_url, "product": bench.web_url}
     for url in urls.values():
         run_wrk(url, files["warm"], WARMUP_SECONDS)
-    queued_before = bench.redis.llen(QUEUE)
+    queued_before = queued(bench.redis)
     for window in range(WINDOWS):
         for name, url in urls.items():
             windows[name].append(run_wrk(url, files[window], WINDOW_SECONDS))
@@ -131,7 +137,7 @@ def measure(bench, run: int) -> dict:
     out["ratio"] = product["rps"] / out["bare"]["rps"]
     out["problems"] = problems
     # The worker is not running: drop what was queued so it never processes R's load.
-    bench.redis.delete(QUEUE)
+    bench.redis.delete(QUEUE, UNMATCHED_QUEUE)
     for phase in files.values():
         for thread in range(THREADS):
             Path(f"{phase}-{thread}.tsv").unlink(missing_ok=True)
