@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote
 
 from webhook_ingest.providers import http
 from webhook_ingest.providers.base import (
@@ -47,9 +46,11 @@ def path_segment(object_id: str) -> str:
     id (which POST /jobs and other services may set to anything) cannot point a
     request sent with our API key at another path. `.` and `..` cannot be quoted
     past URL normalization (requests unquotes `%2E`), and no OpenAI id is one."""
-    if object_id in (".", ".."):
-        raise PayloadError(f"{object_id!r} is not an OpenAI object id")
-    return quote(object_id, safe="")
+    try:
+        return http.path_segment(object_id)
+    except http.ProviderError:
+        # named as a bad id of the delivery or mapping, not as a provider failure
+        raise PayloadError(f"{object_id!r} is not an OpenAI object id") from None
 
 
 def update_from_object(

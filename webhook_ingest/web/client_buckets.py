@@ -49,11 +49,15 @@ class ClientBuckets:
         tokens, at = self._tokens.get(client, (self.capacity, now))
         return min(self.capacity, tokens + (now - at) * self.refill)
 
+    def _seconds_to_a_token(self, level: float) -> int:
+        """0 at a level of a whole token, else the whole seconds until there is one."""
+        return 0 if level >= 1 else max(1, math.ceil((1 - level) / self.refill))
+
     def wait(self, client: str) -> int:
         """Seconds until `client` has a token (0: it has one now); spends nothing."""
         with self._lock:
             level = self._level(client, self._clock())
-        return 0 if level >= 1 else max(1, math.ceil((1 - level) / self.refill))
+        return self._seconds_to_a_token(level)
 
     def spend(self, client: str) -> int:
         """Takes a token if there is one and returns 0; otherwise returns the seconds
@@ -61,9 +65,9 @@ class ClientBuckets:
         with self._lock:
             now = self._clock()
             level = self._level(client, now)
-            spent = level >= 1
-            self._tokens[client] = (level - 1 if spent else level, now)
+            wait = self._seconds_to_a_token(level)
+            self._tokens[client] = (level if wait else level - 1, now)
             self._tokens.move_to_end(client)
             while len(self._tokens) > self.max_clients:
                 self._tokens.popitem(last=False)
-        return 0 if spent else max(1, math.ceil((1 - level) / self.refill))
+        return wait
