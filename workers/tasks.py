@@ -19,6 +19,7 @@ from celeryconfig import (
     REDRIVE_JOURNAL_TASK,
     UNMATCHED_QUEUE,
 )
+from webhook_ingest.clock import now_ms
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.publish import EnqueueFailed, argsrepr, enqueue
 from webhook_ingest.ingest import IngestOutcome, ingest
@@ -70,7 +71,10 @@ def ingest_delivery(self, message: dict) -> str:
 def _ingest(task, delivery: Delivery, svc: Services, context: dict) -> str:
     attempts = task.request.retries + 1
     if delivery.journaled and not svc.journal.is_open(delivery):
-        # An earlier copy finished it (a redrive raced its original): nothing to do.
+        # An earlier copy finished it (a redrive raced its original, or a worker
+        # died between applying and acking): nothing to do but say it came.
+        if delivery.job_id:
+            svc.state.note_finished_copy(delivery.job_id, delivery.delivery_id, now_ms())
         DELIVERIES_PROCESSED.labels(delivery.provider, "duplicate").inc()
         log.info("delivery duplicate: already finished", extra=context)
         return "duplicate"

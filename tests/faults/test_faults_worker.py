@@ -225,7 +225,8 @@ def test_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice(store,
     # journal's redrive: REDRIVE_AFTER after it was accepted, plus beat's tick
     counts = count(ledger, deliveries, timeout=REDRIVE_AFTER + RESTORE_INTERVAL + SLACK + 10)
     # Those the worker held, exactly (some may have been applied just before the
-    # kill and not acked: they come back too, and are found duplicates).
+    # kill and not acked: they come back too, are found finished, and leave a
+    # `duplicate` trace in job_events — which is what is read here).
     seen = wait_for(
         lambda: after_kill(store, held_jobs, killed_at),
         timeout=VISIBILITY_TIMEOUT + RESTORE_INTERVAL + SLACK + 30,

@@ -199,11 +199,21 @@ def test_a_redriven_copy_of_a_finished_delivery_changes_nothing(
         lambda: redis_client.llen(keys.job_events(job_id)) > events,
         message="the marker delivery to be recorded",
     )
-    newest = [
-        json.loads(e)["delivery_id"] for e in redis_client.lrange(keys.job_events(job_id), 0, -1)
-    ]
-    # the copy left no trace (the journal said it was finished); only the marker did
-    assert newest[: len(newest) - events] == ["msg_after_the_copy"]
+    state_before = redis_client.hgetall(keys.job_state(job_id))
+    newest = [json.loads(e) for e in redis_client.lrange(keys.job_events(job_id), 0, -1)]
+    # the copy was dropped unread (the journal said it was finished), and left a
+    # trace saying it came: the operator sees a redelivery, not silence
+    copy_event, marker_event = newest[1], newest[0]
+    assert marker_event["delivery_id"] == "msg_after_the_copy"
+    assert copy_event["delivery_id"] == delivery_id
+    assert copy_event["outcome"] == "duplicate"
+    assert copy_event["status"] is None and copy_event["progress"] is None
+    assert len(newest) - events == 2
+    assert redis_client.smembers(keys.applied_deliveries(job_id)) == {
+        delivery_id,
+        "msg_after_the_copy",
+    }
+    assert redis_client.hgetall(keys.job_state(job_id)) == state_before
     assert services.dead_letters.count() == 0
 
 

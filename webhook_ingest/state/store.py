@@ -273,6 +273,31 @@ class StateStore:
         broadcast = json.loads(reply[1]) if outcome is Outcome.APPLIED else None
         return ApplyResult(outcome, broadcast)
 
+    def note_finished_copy(self, job_id: str, delivery_id: str, at: int) -> None:
+        """Leave the trace of a copy of a delivery that arrived after the delivery was
+        finished (a redelivery after a worker died between applying and acking, or a
+        journal redrive that raced its original): the worker drops it unread, and the
+        operator still sees it came, with the same outcome the apply script gives a
+        delivery id it has applied before. Status and progress are unknown: the
+        copy was not read."""
+        event = json.dumps(
+            {
+                "at": at,
+                "source": SOURCE_WEBHOOK,
+                "delivery_id": delivery_id,
+                "status": None,
+                "provider_status": None,
+                "progress": None,
+                "outcome": Outcome.DUPLICATE.value,
+            }
+        )
+        events_key = keys.job_events(job_id)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(events_key, event)
+            pipe.ltrim(events_key, 0, EVENTS_KEEP - 1)
+            pipe.expire(events_key, self._applied_ttl)
+            pipe.execute()
+
     def get(self, job_id: str) -> dict[str, str]:
         return self._redis.hgetall(keys.job_state(job_id))
 
