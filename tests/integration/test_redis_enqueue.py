@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -86,6 +88,47 @@ def test_the_message_is_the_one_kombu_writes_for_send_task(services, broker):
         return json.loads(base64.b64decode(message["body"]))
 
     assert body(ours) == body(by_kombu)
+
+
+def test_the_pushed_message_is_celerys_with_the_body_once_in_utf8(services, broker):
+    """What the script pushes (the task's body joined around the journal record's
+    bytes, the envelope from a template made once) is what kombu writes for
+    send_task of the same journaled delivery: same fields, same task body, the
+    ids fresh per message, and a non-ASCII body carried once as UTF-8."""
+    app, reader = broker
+    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60, services.journal)
+    sample = Delivery(
+        provider="replicate",
+        delivery_id='msg_"quoted" é {braces}',  # shows in argsrepr, JSON-escaped
+        body='{"id": "p-utf8", "status": "processing", "logs": "é ✓ {}"}',  # as sent
+        job_id="job-direct-utf8",
+        headers={"webhook-id": "msg_utf8"},
+    )
+    services.jobs.register(sample.job_id, "replicate", "p-utf8")  # for the main queue
+
+    assert direct.accept(sample) is Claim.NEW
+    assert direct.accept(replace(sample, delivery_id="msg_second")) is Claim.NEW
+    pushed = [reader.rpop(QUEUE) for _ in range(2)]
+    enqueue(app, replace(sample, journaled=True))  # through kombu
+    by_kombu = json.loads(reader.rpop(QUEUE))
+    ours = json.loads(pushed[0])
+
+    varying = {"id", "root_id"}
+    assert {k: v for k, v in ours["headers"].items() if k not in varying} == {
+        k: v for k, v in by_kombu["headers"].items() if k not in varying
+    }
+    assert ours["properties"].keys() == by_kombu["properties"].keys()
+    for name in ("delivery_mode", "delivery_info", "priority", "body_encoding", "argsrepr"):
+        assert ours["properties"][name] == by_kombu["properties"][name], name
+    body = base64.b64decode(ours["body"])
+    assert json.loads(body) == json.loads(base64.b64decode(by_kombu["body"]))
+    assert "é ✓".encode() in body and b"\\u00e9" not in body  # UTF-8, not escaped
+    second = json.loads(pushed[1])
+    ids = [(m["headers"]["id"], m["properties"]["delivery_tag"]) for m in (ours, second)]
+    assert len({*ids[0], *ids[1]}) == 4  # task ids and delivery tags: all distinct
+    for task_id, tag in ids:
+        assert uuid.UUID(task_id).version == uuid.UUID(tag).version == 4
+    assert ours["headers"]["root_id"] == ours["properties"]["correlation_id"] == ids[0][0]
 
 
 def test_claim_and_queue_change_together(services, broker, redis_client):

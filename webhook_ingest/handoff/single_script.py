@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
 from dataclasses import replace
+from json.encoder import encode_basestring_ascii
 from urllib.parse import quote, urlsplit
 
 import redis
@@ -53,6 +55,10 @@ from webhook_ingest.state import keys as state_keys
 # second string of the whole message here.
 _BODY_MARK = f"body-{uuid.uuid4().hex}"
 _QUEUE_MARK = f"queue-{uuid.uuid4().hex}"
+# Stand for the fields that change per message in the envelope template.
+_ID_MARK = f"id-{uuid.uuid4().hex}"
+_TAG_MARK = f"tag-{uuid.uuid4().hex}"
+_ARGSREPR_MARK = f"argsrepr-{uuid.uuid4().hex}"
 
 # Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-4], ARGV[1-7]), then
 # the push. KEYS[5-7]: main queue, unmatched queue, the job's mapping ("" when the
@@ -120,7 +126,11 @@ class SingleScriptHandoff(Handoff):
         self._headers = template.headers
         # what send_task puts here (its results channel; unused without a result backend)
         self._reply_to = celery_app.thread_oid
-        self._embed = template.body[2]
+        # after the delivery's message in the task's body: `], {kwargs}, {embed}]`
+        self._task_tail = (
+            "], {}, " + json.dumps(template.body[2], ensure_ascii=False) + "]"
+        ).encode()
+        self._head, self._before, self._after = self._envelope_template()
 
     @classmethod
     def applies(cls, celery_app: Celery, state_url: str) -> bool:
@@ -131,8 +141,9 @@ class SingleScriptHandoff(Handoff):
     def accept(self, delivery: Delivery, client: str = "") -> Claim:
         delivery = replace(delivery, journaled=True)
         record = self._journal.record(delivery)
-        head, body, rest = self._pieces(delivery)
-        before, after = rest.split(_QUEUE_MARK)
+        # The journal record is json.dumps(delivery.to_message()) of this same
+        # (journaled) delivery: the task's body is built around those bytes.
+        head, body, before, after = self._pieces(delivery, record[2])
         mapping = state_keys.job_mapping(delivery.job_id) if delivery.job_id else ""
         reply = self._script(
             keys=[*claim_keys(delivery, client), self._queue, UNMATCHED_QUEUE, mapping],
@@ -151,18 +162,31 @@ class SingleScriptHandoff(Handoff):
     def message(self, delivery: Delivery, queue: str | None = None) -> str:
         """The JSON kombu's Redis transport stores for `send_task(INGEST_TASK, [message])`
         (on `queue`, the main queue unless given)."""
-        head, body, rest = self._pieces(delivery)
-        return head + body.decode("ascii") + rest.replace(_QUEUE_MARK, queue or self._queue)
+        head, body, before, after = self._pieces(delivery, _message_json(delivery))
+        return head + body.decode("ascii") + before + (queue or self._queue) + after
 
-    def _pieces(self, delivery: Delivery) -> tuple[str, bytes, str]:
+    def _pieces(self, delivery: Delivery, message_json: bytes) -> tuple[str, bytes, str, str]:
         """The message as (its text up to the task's body, the body: base64 bytes, the
-        rest with _QUEUE_MARK for the queue's name)."""
-        # UTF-8, as Celery's json serializer writes it here (broker.utf8_json); one
-        # expression, so the text is gone before its base64 is made
-        task = [[delivery.to_message()], {}, self._embed]
-        body = base64.b64encode(json.dumps(task, ensure_ascii=False).encode())
-        task_id = str(uuid.uuid4())
-        headers_argsrepr = argsrepr(delivery)
+        rest up to the queue's name, the rest after it). `message_json`: the delivery's
+        message as json.dumps(..., ensure_ascii=False) writes it, UTF-8."""
+        # Celery's json serializer writes [args, kwargs, embed] with json.dumps'
+        # separators; joining the delivery's own JSON in is the same text, without
+        # serializing the body a second time. UTF-8 as it is (broker.utf8_json).
+        body = base64.b64encode(b"".join((b"[[", message_json, self._task_tail)))
+        task_id, delivery_tag = _two_uuid4s()
+        fields = {
+            "id": task_id,
+            "tag": delivery_tag,
+            # as json.dumps (ensure_ascii) writes a string: the id comes from the request
+            "argsrepr": encode_basestring_ascii(argsrepr(delivery)),
+        }
+        return self._head, body, self._before.format_map(fields), self._after.format_map(fields)
+
+    def _envelope_template(self) -> tuple[str, str, str]:
+        """kombu's envelope for the message, serialized once: (text up to the body, the
+        rest up to the queue's name, the rest after it). The last two are format
+        strings taking the fields that change per message: the task id (also its
+        root and correlation id), the delivery tag, the JSON-quoted argsrepr."""
         envelope = json.dumps(
             {
                 "body": _BODY_MARK,
@@ -170,25 +194,47 @@ class SingleScriptHandoff(Handoff):
                 "content-type": "application/json",
                 "headers": {
                     **self._headers,
-                    "id": task_id,
-                    "root_id": task_id,
-                    "argsrepr": headers_argsrepr,
+                    "id": _ID_MARK,
+                    "root_id": _ID_MARK,
+                    "argsrepr": _ARGSREPR_MARK,
                 },
                 "properties": {
-                    "correlation_id": task_id,
+                    "correlation_id": _ID_MARK,
                     "reply_to": self._reply_to,
                     # Celery copies it here too (publish options end up as properties)
-                    "argsrepr": headers_argsrepr,
+                    "argsrepr": _ARGSREPR_MARK,
                     "delivery_mode": 2,  # persistent
                     "delivery_info": {"exchange": "", "routing_key": _QUEUE_MARK},
                     "priority": 0,
                     "body_encoding": "base64",
-                    "delivery_tag": str(uuid.uuid4()),
+                    "delivery_tag": _TAG_MARK,
                 },
             }
         )
-        head, rest = envelope.split(f'"{_BODY_MARK}"')
-        return f'{head}"', body, f'"{rest}'
+        text = envelope.replace("{", "{{").replace("}", "}}")  # literal braces for format
+        text = text.replace(f'"{_ID_MARK}"', '"{id}"').replace(f'"{_TAG_MARK}"', '"{tag}"')
+        text = text.replace(f'"{_ARGSREPR_MARK}"', "{argsrepr}")
+        head, rest = text.split(_BODY_MARK)
+        before, after = rest.split(_QUEUE_MARK)
+        return head.format(), before, after
+
+
+def _message_json(delivery: Delivery) -> bytes:
+    """What Journal.record writes for a journaled delivery, for any delivery."""
+    return json.dumps(delivery.to_message(), ensure_ascii=False).encode()
+
+
+def _two_uuid4s() -> tuple[str, str]:
+    """Two random (version 4) UUIDs as str(uuid.uuid4()) writes them, from one read
+    of the OS's random source: the task id and kombu's delivery tag."""
+    raw = os.urandom(32).hex()
+    return _uuid4_text(raw[:32]), _uuid4_text(raw[32:])
+
+
+def _uuid4_text(hex32: str) -> str:
+    # version nibble 4; variant bits 10 (RFC 4122) in the top of the 17th digit
+    variant = "89ab"[int(hex32[16], 16) & 3]
+    return f"{hex32[:8]}-{hex32[8:12]}-4{hex32[13:16]}-{variant}{hex32[17:20]}-{hex32[20:]}"
 
 
 def broker_url(celery_app: Celery) -> str:
