@@ -129,6 +129,18 @@ BROADCAST_FIELDS = frozenset(
 )
 
 
+def seen_buckets(client: redis.Redis, provider: str, delivery_id: str, job_id: str | None = None):
+    """The keys of `provider`'s seen-delivery buckets (README, Redis keys) that hold the
+    delivery: its 12-byte blake2b digest of "{job id or ''}/{delivery id}", computed
+    here from the documented format rather than by the code under test."""
+    digest = hashlib.blake2b(f"{job_id or ''}/{delivery_id}".encode(), digest_size=12).digest()
+    return sorted(
+        key
+        for key in client.scan_iter(match=f"webhook_ingest:seen:{provider}:*", count=1000)
+        if client.sismember(key, digest)
+    )
+
+
 def body_of(payload: Any) -> str:
     return json.dumps(payload)
 
