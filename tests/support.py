@@ -439,9 +439,16 @@ class Receiver:
         """Every key with its serialized value: any write shows as a difference.
         RATE_LIMIT counters are left out: a verified delivery's counter expires with
         its window (a second by default), whatever the test did meanwhile; so is any
-        key starting with one of `skip`."""
+        key starting with one of `skip`. A set is compared by its members: its DUMP
+        follows the hash table's order, which a mere lookup may change (Redis rehashes
+        incrementally on reads too), as the claim script's SISMEMBER does to the
+        seen-delivery buckets."""
         skipped = (b"webhook_ingest:rate:", *skip)
-        return {k: self.raw.dump(k) for k in self.raw.keys("*") if not k.startswith(skipped)}
+        return {
+            k: sorted(self.raw.smembers(k)) if self.raw.type(k) == b"set" else self.raw.dump(k)
+            for k in self.raw.keys("*")
+            if not k.startswith(skipped)
+        }
 
     def queued(self) -> int:
         """Deliveries waiting on the broker's queues (the main one and the unmatched

@@ -89,6 +89,13 @@ if journal_member ~= '' then
     record('duplicate')
     return {'duplicate'}
   end
+  -- A dead letter parked by a version before the journal is journaled when it is
+  -- replayed: the applied set that version kept still says if it was applied
+  -- (a lookup of a key that is usually missing: no memory, next to no time).
+  if delivery_id ~= '' and redis.call('SISMEMBER', applied_key, delivery_id) == 1 then
+    record('duplicate')
+    return {'duplicate'}
+  end
 elseif delivery_id ~= '' then
   -- A message from a version before the journal: only the job's applied set can
   -- say it was applied before. These drain from the queues after an upgrade, and
