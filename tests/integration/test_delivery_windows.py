@@ -81,3 +81,57 @@ def test_an_id_past_its_window_is_accepted_again_and_re_applied_harmlessly(
     assert retry.get_json() == {"received": True}
     wait_for(lambda: events_of(redis_client, job_id, delivery_id) == ["terminal", "applied"])
     assert redis_client.hgetall(keys.job_state(job_id)) == state
+
+
+# -- the buckets, on the receiver's clock ------------------------------------------------------
+
+HOUR = 3600  # a window of an hour: buckets of 1800 s
+
+
+def claims_with_window(services, window: int = HOUR):
+    from webhook_ingest.handoff.claims import DeliveryClaims
+    from webhook_ingest.handoff.seen import SeenDeliveries
+
+    return DeliveryClaims(services.redis, SeenDeliveries({"replicate": window}, window))
+
+
+def claim_at(claims, services, delivery_id: str, now: float):
+    from webhook_ingest.handoff.delivery import Delivery
+
+    delivery = Delivery("replicate", delivery_id, "{}", job_id="job-w", journaled=True)
+    return claims.claim(delivery, services.journal.record(delivery), now=now).value
+
+
+@pytest.mark.parametrize(
+    ("first", "retry", "answer"),
+    [
+        (0, HOUR - 1, "duplicate"),  # claimed at a bucket's start: a window later, still known
+        (1799, 1799 + HOUR, "duplicate"),  # at its end: a window later, still known
+        (0, 1.5 * HOUR, "new"),  # past 1.5 windows: always forgotten
+        (1800.5, 1799, "duplicate"),  # a receiver whose clock is 1.5 s ahead went first
+    ],
+    ids=["start-of-bucket", "end-of-bucket", "after-one-and-a-half", "clock-skew"],
+)
+def test_an_id_is_known_for_its_window_wherever_in_a_bucket_it_was_claimed(
+    services, redis_client, first, retry, answer
+):
+    claims = claims_with_window(services)
+    start = (int(time.time()) // 1800) * 1800  # a bucket boundary
+    delivery_id = f"msg_w{first}-{retry}-{time.time_ns()}"
+
+    assert claim_at(claims, services, delivery_id, start + first) == "new"
+    assert claim_at(claims, services, delivery_id, start + retry) == answer
+    redis_client.delete(keys.JOURNAL, keys.JOURNAL_MESSAGES)
+
+
+def test_each_bucket_expires_when_it_is_no_longer_checked(services, redis_client):
+    claims = claims_with_window(services)
+    now = time.time()
+    start = (int(now) // 1800) * 1800
+
+    assert claim_at(claims, services, f"msg_x{time.time_ns()}", now) == "new"
+
+    bucket = keys.seen_deliveries("replicate", start // 1800)
+    # checked as the current bucket and as either of the two after it: 3 × 1800 s
+    assert redis_client.expiretime(bucket) == start + 3 * 1800
+    redis_client.delete(keys.JOURNAL, keys.JOURNAL_MESSAGES)

@@ -36,36 +36,36 @@ ENQUEUED = "enqueued"
 PENDING_TTL_SECONDS = 30
 
 # The claim and the journal record, or neither: the start of both hand-off
-# scripts. KEYS: the provider's seen-delivery buckets (current, the two before:
-# handoff.seen), the legacy claim key, journal zset, journal messages, rate
-# counter. ARGV: the delivery's digest, when the current bucket expires (unix s),
+# scripts. KEYS: the provider's seen-delivery buckets (current, next, the two
+# before: handoff.seen), the legacy claim key, journal zset, journal messages,
+# rate counter. ARGV: the delivery's digest, when the current bucket expires (unix s),
 # journal member, due (ms), journal message, rate limit (0: none), rate window (s).
 # The rate counts new deliveries only: a provider's retry of one already
 # acknowledged is a duplicate however busy the window, and a refused one
 # writes nothing but the counter. A duplicate writes nothing at all, so a replay
 # loop cannot keep an id (or its bucket) alive.
 CLAIM_AND_JOURNAL_LUA = """
-for i = 1, 3 do
+for i = 1, 4 do
   if redis.call('SISMEMBER', KEYS[i], ARGV[1]) == 1 then return 'duplicate' end
 end
-local legacy = redis.call('GET', KEYS[4])
+local legacy = redis.call('GET', KEYS[5])
 if legacy then
   if legacy == 'pending' then return 'in_flight' end
   return 'duplicate'
 end
 if ARGV[6] ~= '0' then
-  local used = redis.call('INCR', KEYS[7])
-  if used == 1 then redis.call('EXPIRE', KEYS[7], ARGV[7]) end
+  local used = redis.call('INCR', KEYS[8])
+  if used == 1 then redis.call('EXPIRE', KEYS[8], ARGV[7]) end
   if used > tonumber(ARGV[6]) then
-    return 'rate_limited:' .. redis.call('TTL', KEYS[7])
+    return 'rate_limited:' .. redis.call('TTL', KEYS[8])
   end
 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
-redis.call('HSET', KEYS[6], ARGV[3], ARGV[5])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[7], ARGV[3], ARGV[5])
 """
-# A script that goes on after this one numbers its own KEYS from 8 (single_script).
+# A script that goes on after this one numbers its own KEYS from 9 (single_script).
 
 
 class Claim(enum.StrEnum):
@@ -118,10 +118,12 @@ def claim_call(
     client: str,
     record: tuple[str, int, bytes],
     rate: RateLimit | None,
+    now: float | None = None,
 ) -> tuple[list, list]:
     """(KEYS, ARGV) of CLAIM_AND_JOURNAL_LUA for `delivery`, journaled as `record`
-    (handoff.journal.Journal.record), from the sender's address `client`."""
-    now = time.time()
+    (handoff.journal.Journal.record), from the sender's address `client`; `now`:
+    this receiver's clock (Unix seconds), which picks the buckets."""
+    now = time.time() if now is None else now
     member, due, message = record
     limit, window = (rate.amount, rate.seconds) if rate else (0, 0)
     claim_keys = [
@@ -145,8 +147,14 @@ class DeliveryClaims:
         self.rate = rate
         self._claim = client.register_script(CLAIM_AND_JOURNAL_LUA + "\nreturn 'new'\n")
 
-    def claim(self, delivery: Delivery, record: tuple[str, int, bytes], client: str = "") -> Claim:
+    def claim(
+        self,
+        delivery: Delivery,
+        record: tuple[str, int, bytes],
+        client: str = "",
+        now: float | None = None,
+    ) -> Claim:
         """`record`: the delivery's journal record (handoff.journal.Journal.record);
         `client`: the sender's address, for RATE_LIMIT. Raises RateLimited."""
-        claim_keys, args = claim_call(self.seen, delivery, client, record, self.rate)
+        claim_keys, args = claim_call(self.seen, delivery, client, record, self.rate, now)
         return outcome(self._claim(keys=claim_keys, args=args))

@@ -2,17 +2,19 @@
 
 A delivery is remembered by a 12-byte digest in a time-bucketed Redis set per
 provider (`keys.seen_deliveries`), not by a key of its own: a key per id cost
-~177 B (key name, value, TTL entry); a set member of 12 bytes costs ~50 B (the
-dict entry, its 16-byte allocation — 12 bytes plus sds header and NUL fit
-Redis's 16-byte size class exactly — and its share of the hash table).
+~190-200 B (key name, value, TTL entry); a set member of 12 bytes costs 73-85 B
+as bench/growth.py measures it: the 24-byte dict entry, a 16-byte allocation
+(12 bytes plus sds header and NUL fit Redis's 16-byte size class exactly; a
+longer digest would take the 24-byte class), and its share of the hash table,
+which doubles as the set grows.
 
 Buckets are half a window long. The claim script checks the current bucket and
-the two before it and adds to the current one; a bucket expires once it is no
-longer among the three checked. So an id is remembered for at least a window
-(added at the very end of a bucket, it is still checked two bucket lengths later)
-and at most one and a half: a provider's ids cost on average 1.25 windows of its
-traffic, at most 1.5. (One bucket per window would check one set fewer but hold
-up to two windows.)
+the two before it (and the next one: see `claim_keys`) and adds to the current
+one; a bucket expires once it is no longer among the three checked. So an id is
+remembered for at least a window (added at the very end of a bucket, it is still
+checked two bucket lengths later) and at most one and a half: a provider's ids
+cost on average 1.25 windows of its traffic, at most 1.5. (One bucket per window
+would check one set fewer but hold up to two windows.)
 
 What is hashed is "{job id of the URL or ''}/{delivery id}" — the claim stays per
 (provider, job of the URL, delivery id), so a captured body posted to another
@@ -70,12 +72,15 @@ class SeenDeliveries:
         return max(1, -(-self.window(provider) // 2))
 
     def claim_keys(self, delivery: Delivery, now: float | None = None) -> list[str]:
-        """The buckets to check, the current one first."""
+        """The buckets to check, the current one (where a new delivery goes) first.
+
+        The next one too: bucket numbers come from each receiver's own clock, and
+        one a little ahead may already have put the first attempt there when a
+        retry reaches a receiver whose clock is still in the bucket before."""
         length = self.bucket_seconds(delivery.provider)
         current = int((time.time() if now is None else now) // length)
-        return [
-            keys.seen_deliveries(delivery.provider, current - n) for n in range(BUCKETS_CHECKED)
-        ]
+        checked = [current, current + 1, *(current - n for n in range(1, BUCKETS_CHECKED))]
+        return [keys.seen_deliveries(delivery.provider, bucket) for bucket in checked]
 
     def claim_args(self, delivery: Delivery, now: float | None = None) -> list:
         """[digest, when the current bucket expires (unix seconds)]."""

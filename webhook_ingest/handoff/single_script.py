@@ -54,8 +54,8 @@ from webhook_ingest.state import keys as state_keys
 _BODY_MARK = f"body-{uuid.uuid4().hex}"
 _QUEUE_MARK = f"queue-{uuid.uuid4().hex}"
 
-# Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-7], ARGV[1-7]), then
-# the push. KEYS[8-10]: main queue, unmatched queue, the job's mapping ("" when the
+# Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-8], ARGV[1-7]), then
+# the push. KEYS[9-11]: main queue, unmatched queue, the job's mapping ("" when the
 # URL names no job). ARGV[8-13]: broker message up to its body, the body (base64),
 # the message from there up to its queue's name (delivery_info.routing_key), the
 # rest, broker db, state db.
@@ -66,8 +66,8 @@ _QUEUE_MARK = f"queue-{uuid.uuid4().hex}"
 _CLAIM_AND_PUSH_LUA = (
     CLAIM_AND_JOURNAL_LUA
     + """
-local queue = KEYS[8]
-if KEYS[10] ~= '' and redis.call('EXISTS', KEYS[10]) == 0 then queue = KEYS[9] end
+local queue = KEYS[9]
+if KEYS[11] ~= '' and redis.call('EXISTS', KEYS[11]) == 0 then queue = KEYS[10] end
 local broker_db, state_db = tonumber(ARGV[12]), tonumber(ARGV[13])
 if broker_db ~= state_db then redis.call('SELECT', broker_db) end
 redis.call('LPUSH', queue, ARGV[8] .. ARGV[9] .. ARGV[10] .. queue .. ARGV[11])
