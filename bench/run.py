@@ -56,6 +56,7 @@ TARGETS = {
     "W": (">=", 0.80),
     "p99_200": ("<=", 50.0),
     "tick_ratio": ("<=", 2.0),
+    "bytes_per_id": ("<=", 100.0),
 }
 
 
@@ -312,9 +313,14 @@ def build_report(machine: dict, raw: dict) -> dict:
         )
     figure("tick(100k)/tick(1k)", "x", [g["tick_ratio"] for g in gro], "tick_ratio")
     figure("bytes per tracked job", "B", [g["bytes_per_tracked_job"] for g in gro])
-    figure("bytes per delivery id", "B", [g["bytes_per_delivery_id"] for g in gro])
+    figure("bytes per delivery id", "B", [g["bytes_per_delivery_id"] for g in gro], "bytes_per_id")
     figure("  of which claim key", "B", [g["bytes_per_delivery_claim"] for g in gro])
     figure("  of which applied record", "B", [g["bytes_per_applied_record"] for g in gro])
+    # the job's event trace: per job, at most 20 entries however many deliveries
+    figure("bytes per job event (<= 20 a job)", "B", [g["bytes_per_job_event"] for g in gro])
+    for mix, name in (("all_openai", "all OpenAI"), ("replicate_heavy", "Replicate-heavy")):
+        figure(f"ids @100/s, a day, {name}", "MB", [g[f"mb_ids_day_{mix}"] for g in gro])
+        figure(f"ids @100/s, steady, {name}", "MB", [g[f"mb_ids_steady_{mix}"] for g in gro])
     figure(
         "bytes per in-flight delivery (journal)",
         "B",

@@ -129,6 +129,18 @@ BROADCAST_FIELDS = frozenset(
 )
 
 
+def seen_buckets(client: redis.Redis, provider: str, delivery_id: str, job_id: str | None = None):
+    """The keys of `provider`'s seen-delivery buckets (README, Redis keys) that hold the
+    delivery: its 12-byte blake2b digest of "{job id or ''}/{delivery id}", computed
+    here from the documented format rather than by the code under test."""
+    digest = hashlib.blake2b(f"{job_id or ''}/{delivery_id}".encode(), digest_size=12).digest()
+    return sorted(
+        key
+        for key in client.scan_iter(match=f"webhook_ingest:seen:{provider}:*", count=1000)
+        if client.sismember(key, digest)
+    )
+
+
 def body_of(payload: Any) -> str:
     return json.dumps(payload)
 
@@ -427,9 +439,16 @@ class Receiver:
         """Every key with its serialized value: any write shows as a difference.
         RATE_LIMIT counters are left out: a verified delivery's counter expires with
         its window (a second by default), whatever the test did meanwhile; so is any
-        key starting with one of `skip`."""
+        key starting with one of `skip`. A set is compared by its members: its DUMP
+        follows the hash table's order, which a mere lookup may change (Redis rehashes
+        incrementally on reads too), as the claim script's SISMEMBER does to the
+        seen-delivery buckets."""
         skipped = (b"webhook_ingest:rate:", *skip)
-        return {k: self.raw.dump(k) for k in self.raw.keys("*") if not k.startswith(skipped)}
+        return {
+            k: sorted(self.raw.smembers(k)) if self.raw.type(k) == b"set" else self.raw.dump(k)
+            for k in self.raw.keys("*")
+            if not k.startswith(skipped)
+        }
 
     def queued(self) -> int:
         """Deliveries waiting on the broker's queues (the main one and the unmatched

@@ -11,6 +11,7 @@ from webhook_ingest import redis_client
 from webhook_ingest.config import Settings, load_settings
 from webhook_ingest.handoff.claims import DeliveryClaims, RateLimit
 from webhook_ingest.handoff.journal import Journal
+from webhook_ingest.handoff.seen import SeenDeliveries
 from webhook_ingest.operations.dead_letters import DeadLetters
 from webhook_ingest.operations.raw_deliveries import RawDeliveries
 from webhook_ingest.providers import Provider, load_providers
@@ -54,7 +55,7 @@ def build_services(
         jobs=JobRegistry(client),
         claims=DeliveryClaims(
             client,
-            ttl_seconds=settings.dedup_ttl_seconds,
+            SeenDeliveries.from_providers(providers, settings.dedup_ttl_seconds),
             rate=RateLimit.parse(settings.rate_limit),
         ),
         dead_letters=DeadLetters(

@@ -274,6 +274,7 @@ def family_of(name: str) -> str:
         "job_state:",
         "job_mapping:",
         "webhook_ingest:applied:",
+        "webhook_ingest:seen:",
         "webhook_ingest:job_events:",
         "webhook_ingest:external:",
         "webhook_ingest:delivery:",

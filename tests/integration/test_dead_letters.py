@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from tests.conftest import ADMIN_TOKEN, REPLICATE_SECRET
 from tests.support import body_of, celery_for, free_port, signed_headers, wait_for
 from webhook_ingest.handoff.delivery import Delivery
-from webhook_ingest.handoff.publish import INGEST_TASK, EnqueueFailed
+from webhook_ingest.handoff.publish import INGEST_TASK, EnqueueFailed, enqueue
 from webhook_ingest.handoff.single_script import broker_url
 from webhook_ingest.operations.cli import main
 from webhook_ingest.operations.dead_letters import WALK_CHUNK, UnknownDeadLetter
@@ -144,17 +144,24 @@ def test_an_unmatched_delivery_is_parked_listed_shown_then_replayed_into_job_sta
     assert state["provider"] == "replicate"
     assert state["external_job_id"] == "pred-late-job"
     assert state["source"] == "webhook"
-    assert redis_client.sismember(keys.applied_deliveries(job_id), msg_id)
+    # finished by its journal record: nothing per job remembers it
+    assert not redis_client.exists(keys.applied_deliveries(job_id))
     assert services.dead_letters.get(letter["id"]) is None
     assert client.get(f"/dead-letters/{letter['id']}", headers=admin_headers).status_code == 404
 
 
 def test_replaying_a_delivery_that_was_already_applied_applies_nothing(
-    client, services, worker, redis_client, job_id
+    client, services, celery_app, worker, redis_client, job_id
 ):
+    """A journaled delivery cannot be both applied and parked (the second copy finds
+    its record gone and is dropped unread: test_journal.py); a letter parked by a
+    version before the journal can, and its version's applied set still says so."""
     services.jobs.register(job_id, "replicate", "pred-twice")
     first = {"id": "pred-twice", "status": "processing", "output": ["a"]}
-    first_id = deliver(client, job_id, first)
+    first_id = f"msg_{uuid.uuid4().hex}"
+    # applied as versions before the journal sent it: no record, the applied set
+    old = Delivery(provider="replicate", delivery_id=first_id, body=body_of(first), job_id=job_id)
+    enqueue(celery_app, old)
     wait_for(lambda: result_of(redis_client, job_id) == ["a"])
     deliver(client, job_id, {"id": "pred-twice", "status": "processing", "output": ["a", "b"]})
     wait_for(lambda: result_of(redis_client, job_id) == ["a", "b"])

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.conftest import OPENAI_SECRET, REPLICATE_SECRET
-from tests.support import body_of, client_for, signed_headers, wait_for
+from tests.support import body_of, client_for, seen_buckets, signed_headers, wait_for
 from webhook_ingest.clock import now_ms
 from webhook_ingest.handoff import JournalThenPublishHandoff
 from webhook_ingest.handoff.delivery import Delivery
@@ -78,7 +78,7 @@ def test_an_acknowledged_delivery_is_journaled_with_its_claim(
     redrive_after = services.settings.journal_redrive_after_seconds * 1000
     assert before + redrive_after <= due <= now_ms() + redrive_after
     delivery_id = delivery_id_of(member)
-    assert redis_client.get(keys.delivery_claim("replicate", delivery_id, job_id)) == "enqueued"
+    assert seen_buckets(redis_client, "replicate", delivery_id, job_id)  # and remembered
 
 
 def test_a_rejected_delivery_is_not_journaled(client, redis_client, job_id):
@@ -173,7 +173,8 @@ def test_a_delivery_the_broker_lost_is_redriven_and_applied_once(
 
     wait_for(lambda: finished(redis_client, member), message="the redriven delivery to finish")
     assert redis_client.hget(keys.job_state(job_id), "status") == "completed"
-    assert redis_client.smembers(keys.applied_deliveries(job_id)) == {delivery_id_of(member)}
+    # the record's removal said it was finished: nothing is kept per job for it
+    assert not redis_client.exists(keys.applied_deliveries(job_id))
     # due again one period later, and finished meanwhile: nothing left to redrive
     assert redrive_journal.apply().get() == 0
 
@@ -209,12 +210,67 @@ def test_a_redriven_copy_of_a_finished_delivery_changes_nothing(
     assert copy_event["outcome"] == "duplicate"
     assert copy_event["status"] is None and copy_event["progress"] is None
     assert len(newest) - events == 2
-    assert redis_client.smembers(keys.applied_deliveries(job_id)) == {
-        delivery_id,
-        "msg_after_the_copy",
-    }
+    # only the unjournaled marker (a message as versions before the journal sent
+    # it) needed the job's applied set
+    assert redis_client.smembers(keys.applied_deliveries(job_id)) == {"msg_after_the_copy"}
     assert redis_client.hgetall(keys.job_state(job_id)) == state_before
     assert services.dead_letters.count() == 0
+
+
+# -- the apply script decides "finished" from the record ---------------------------------------
+
+
+def _update(job_id: str, progress: int):
+    from webhook_ingest.state.job_update import SOURCE_WEBHOOK, JobStateUpdate
+
+    return JobStateUpdate(
+        job_id=job_id,
+        provider="replicate",
+        status="processing",
+        progress=progress,
+        source=SOURCE_WEBHOOK,
+        updated_at=now_ms(),
+    )
+
+
+def test_a_copy_whose_record_is_gone_is_a_duplicate_inside_the_apply_script(
+    services, redis_client, job_id
+):
+    """Two copies that both passed the worker's `is_open` check (they ran at once):
+    the script removes the record atomically with the apply, so only one applies,
+    and no per-job set is needed to tell."""
+    services.jobs.register(job_id, "replicate", "pred-race")
+    delivery = Delivery("replicate", "msg_race", "{}", job_id=job_id, journaled=True)
+    services.journal.open(delivery)
+    member = delivery.journal_member
+
+    first = services.state.apply(_update(job_id, 10), "msg_race", journal_member=member)
+    state = redis_client.hgetall(keys.job_state(job_id))
+    second = services.state.apply(_update(job_id, 20), "msg_race", journal_member=member)
+
+    assert (first.outcome.value, second.outcome.value) == ("applied", "duplicate")
+    assert redis_client.hgetall(keys.job_state(job_id)) == state
+    assert services.state.events(job_id)[0]["outcome"] == "duplicate"
+    assert not redis_client.exists(keys.applied_deliveries(job_id))
+    assert finished(redis_client, member)
+
+
+def test_an_unjournaled_delivery_is_still_deduplicated_by_the_jobs_applied_set(
+    services, redis_client, job_id
+):
+    """Messages sent by versions before the journal carry no record: the job's
+    applied set, kept DELIVERY_DEDUP_TTL_SECONDS, still makes a redelivery a no-op."""
+    services.jobs.register(job_id, "replicate", "pred-old")
+
+    first = services.state.apply(_update(job_id, 10), "msg_old")
+    second = services.state.apply(_update(job_id, 20), "msg_old")
+
+    assert (first.outcome.value, second.outcome.value) == ("applied", "duplicate")
+    assert redis_client.hget(keys.job_state(job_id), "progress") == "10"
+    applied = keys.applied_deliveries(job_id)
+    assert redis_client.smembers(applied) == {"msg_old"}
+    ttl = services.settings.dedup_ttl_seconds
+    assert ttl - 60 <= redis_client.ttl(applied) <= ttl
 
 
 def test_metrics_show_the_journal_depth_and_its_oldest_record(

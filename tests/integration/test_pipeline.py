@@ -25,6 +25,12 @@ def deliver(client, job_id, prediction, msg_id=None):
     return headers["webhook-id"]
 
 
+def offered(redis_client, job_id: str, delivery_id: str) -> bool:
+    """The worker offered the delivery to job_state (its event is there)."""
+    events = redis_client.lrange(keys.job_events(job_id), 0, -1)
+    return any(json.loads(event)["delivery_id"] == delivery_id for event in events)
+
+
 def tqdm(percent: int) -> str:
     return f"{percent:3d}%|{'#' * (percent // 10):<10}| {percent}/100 [00:01<00:01]\n"
 
@@ -108,7 +114,7 @@ def test_event_after_terminal_is_ignored(client, services, worker, redis_client,
     settled(redis_client, job_id, "completed")
 
     late = deliver(client, job_id, {"id": "pred-late", "status": "processing", "logs": tqdm(50)})
-    wait_for(lambda: redis_client.sismember(keys.applied_deliveries(job_id), late))
+    wait_for(lambda: offered(redis_client, job_id, late), message="the late event offered")
 
     state = state_of(redis_client, job_id)
     assert state["status"] == "completed"
@@ -128,7 +134,10 @@ def test_reversed_event_order_ends_in_the_terminal_state(
     ]
     for event in reversed(events):
         deliver(client, job_id, {"id": "pred-rev", **event})
-    wait_for(lambda: redis_client.scard(keys.applied_deliveries(job_id)) == len(events))
+    wait_for(
+        lambda: redis_client.llen(keys.job_events(job_id)) == len(events),
+        message="every event offered",
+    )
 
     state = state_of(redis_client, job_id)
     assert state["status"] == "completed"

@@ -12,11 +12,19 @@ from dataclasses import replace
 import pytest
 
 from tests.conftest import REPLICATE_SECRET, TEST_BROKER_URL, TEST_REDIS_URL
-from tests.support import body_of, celery_for, client_for, signed_headers, wait_for
+from tests.support import (
+    body_of,
+    celery_for,
+    client_for,
+    seen_buckets,
+    signed_headers,
+    wait_for,
+)
 from webhook_ingest.handoff import JournalThenPublishHandoff, SingleScriptHandoff, build_handoff
 from webhook_ingest.handoff.claims import PENDING, Claim
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.publish import enqueue
+from webhook_ingest.handoff.seen import SeenDeliveries
 from webhook_ingest.state import keys
 
 # A queue no worker consumes: the session's worker reads the default one.
@@ -59,7 +67,9 @@ def test_it_applies_only_when_the_broker_is_on_the_state_redis_server(broker):
 
 def test_the_message_is_the_one_kombu_writes_for_send_task(services, broker):
     app, reader = broker
-    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60, services.journal)
+    direct = SingleScriptHandoff(
+        services.redis, app, TEST_REDIS_URL, SeenDeliveries({}, 60), services.journal
+    )
     sample = delivery()
 
     enqueue(app, sample)  # through kombu
@@ -133,7 +143,9 @@ def test_the_pushed_message_is_celerys_with_the_body_once_in_utf8(services, brok
 
 def test_claim_and_queue_change_together(services, broker, redis_client):
     app, reader = broker
-    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60, services.journal)
+    direct = SingleScriptHandoff(
+        services.redis, app, TEST_REDIS_URL, SeenDeliveries({}, 60), services.journal
+    )
     first, second = delivery(1), delivery(2)
     for sample in (first, second):  # registered: for the main queue (test below)
         services.jobs.register(sample.job_id, "replicate", f"ext-{sample.delivery_id}")
@@ -145,15 +157,9 @@ def test_claim_and_queue_change_together(services, broker, redis_client):
     assert direct.accept(second) is Claim.IN_FLIGHT
 
     assert reader.llen(QUEUE) == 1  # the duplicate and the in-flight one pushed nothing
-    assert (
-        redis_client.get(keys.delivery_claim("replicate", first.delivery_id, first.job_id))
-        == "enqueued"
-    )
-    assert (
-        0
-        < redis_client.ttl(keys.delivery_claim("replicate", first.delivery_id, first.job_id))
-        <= 60
-    )
+    (bucket,) = seen_buckets(redis_client, "replicate", first.delivery_id, first.job_id)
+    assert 0 < redis_client.ttl(bucket) <= 90  # a window of 60 s: kept 60 to 90 s
+    assert seen_buckets(redis_client, "replicate", second.delivery_id, second.job_id) == []
     assert redis_client.get(claim_key) == PENDING
 
 

@@ -84,7 +84,9 @@ def everything_in(store: redis.Redis, skip: str | None = None) -> str:
         elif kind == "list":
             parts.extend(store.lrange(key, 0, -1))
         elif kind == "set":
-            parts.extend(store.smembers(key))
+            # as bytes: the receiver's seen-delivery buckets hold binary digests
+            members = store.execute_command("SMEMBERS", key, NEVER_DECODE=True)
+            parts.extend(member.decode(errors="replace") for member in members)
         elif kind == "zset":
             parts.extend(store.zrange(key, 0, -1))
     return "\n".join(parts)

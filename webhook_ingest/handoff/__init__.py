@@ -49,7 +49,7 @@ def build_handoff(
             client,
             celery_app,
             settings.redis_url,
-            settings.dedup_ttl_seconds,
+            claims.seen,
             journal,
             claims.rate,
         )

@@ -39,13 +39,13 @@ from webhook_ingest.handoff.claims import (
     CLAIM_AND_JOURNAL_LUA,
     Claim,
     RateLimit,
-    claim_args,
-    claim_keys,
+    claim_call,
     outcome,
 )
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import argsrepr
+from webhook_ingest.handoff.seen import SeenDeliveries
 from webhook_ingest.state import keys as state_keys
 
 # Stand for the task's body and the queue's name in the message until the script
@@ -60,8 +60,8 @@ _ID_MARK = f"id-{uuid.uuid4().hex}"
 _TAG_MARK = f"tag-{uuid.uuid4().hex}"
 _ARGSREPR_MARK = f"argsrepr-{uuid.uuid4().hex}"
 
-# Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-4], ARGV[1-7]), then
-# the push. KEYS[5-7]: main queue, unmatched queue, the job's mapping ("" when the
+# Claim and journal (claims.CLAIM_AND_JOURNAL_LUA: KEYS[1-8], ARGV[1-7]), then
+# the push. KEYS[9-11]: main queue, unmatched queue, the job's mapping ("" when the
 # URL names no job). ARGV[8-13]: broker message up to its body, the body (base64),
 # the message from there up to its queue's name (delivery_info.routing_key), the
 # rest, broker db, state db.
@@ -72,8 +72,8 @@ _ARGSREPR_MARK = f"argsrepr-{uuid.uuid4().hex}"
 _CLAIM_AND_PUSH_LUA = (
     CLAIM_AND_JOURNAL_LUA
     + """
-local queue = KEYS[5]
-if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 0 then queue = KEYS[6] end
+local queue = KEYS[9]
+if KEYS[11] ~= '' and redis.call('EXISTS', KEYS[11]) == 0 then queue = KEYS[10] end
 local broker_db, state_db = tonumber(ARGV[12]), tonumber(ARGV[13])
 if broker_db ~= state_db then redis.call('SELECT', broker_db) end
 redis.call('LPUSH', queue, ARGV[8] .. ARGV[9] .. ARGV[10] .. queue .. ARGV[11])
@@ -105,13 +105,13 @@ class SingleScriptHandoff(Handoff):
         client: redis.Redis,
         celery_app: Celery,
         state_url: str,
-        claim_ttl_seconds: int,
+        seen: SeenDeliveries,
         journal: Journal,
         rate: RateLimit | None = None,
     ) -> None:
         self._script = client.register_script(_CLAIM_AND_PUSH_LUA)
         self._journal = journal
-        self._ttl = claim_ttl_seconds
+        self._seen = seen
         self._rate = rate
         self._state_db = _db(state_url)
         self._broker_db = _db(broker_url(celery_app))
@@ -145,10 +145,11 @@ class SingleScriptHandoff(Handoff):
         # (journaled) delivery: the task's body is built around those bytes.
         head, body, before, after = self._pieces(delivery, record[2])
         mapping = state_keys.job_mapping(delivery.job_id) if delivery.job_id else ""
+        claim_keys, claim_args = claim_call(self._seen, delivery, client, record, self._rate)
         reply = self._script(
-            keys=[*claim_keys(delivery, client), self._queue, UNMATCHED_QUEUE, mapping],
+            keys=[*claim_keys, self._queue, UNMATCHED_QUEUE, mapping],
             args=[
-                *claim_args(self._ttl, record, self._rate),
+                *claim_args,
                 head,
                 body,
                 before,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from webhook_ingest.config import ConfigError, Settings
 from webhook_ingest.providers.base import (
     BODY_LIMIT_PREFIX,
+    DEDUP_WINDOW_PREFIX,
     JobRef,
     JobRequest,
     PayloadError,
@@ -50,7 +51,9 @@ def load_providers(
     providers.update(
         providers_from_environ(settings, environ, reserved=PROVIDER_CLASSES, redis=redis)
     )
-    _refuse_unknown_body_limits(os.environ if environ is None else environ, providers)
+    environ = os.environ if environ is None else environ
+    _refuse_unknown(BODY_LIMIT_PREFIX, environ, providers)
+    _refuse_unknown(DEDUP_WINDOW_PREFIX, environ, providers)
     return providers
 
 
@@ -64,14 +67,18 @@ def configuration_warnings(providers: Mapping[str, Provider]) -> list[str]:
     ]
 
 
-def _refuse_unknown_body_limits(environ: Mapping[str, str], providers: dict[str, Provider]) -> None:
+def _refuse_unknown(
+    prefix: str, environ: Mapping[str, str], providers: dict[str, Provider]
+) -> None:
     """A misspelt MAX_BODY_BYTES_<PROVIDER> would leave that provider's real deliveries
-    at the default limit, refused with 413 while the operator thinks them allowed."""
-    known = {f"{BODY_LIMIT_PREFIX}{name.upper()}" for name in providers}
+    at the default limit, refused with 413 while the operator thinks them allowed; a
+    misspelt DELIVERY_DEDUP_TTL_SECONDS_<PROVIDER>, its ids remembered for a window
+    the operator did not choose."""
+    known = {f"{prefix}{name.upper()}" for name in providers}
     unknown = sorted(
         name
         for name, value in environ.items()
-        if name.startswith(BODY_LIMIT_PREFIX) and value.strip() and name not in known
+        if name.startswith(prefix) and value.strip() and name not in known
     )
     if unknown:
         raise ConfigError(

@@ -42,6 +42,7 @@ _EXTRA_CHECKS = (
 URL_TOKEN_PREFIX = "WEBHOOK_URL_TOKEN_"  # noqa: S105 - a variable name; shared, migration only
 URL_SECRET_PREFIX = "WEBHOOK_URL_SECRET_"  # noqa: S105 - a variable name; per-job tokens
 BODY_LIMIT_PREFIX = "MAX_BODY_BYTES_"
+DEDUP_WINDOW_PREFIX = "DELIVERY_DEDUP_TTL_SECONDS_"
 # Verification schemes that prove who sent a delivery without covering its body.
 _CREDENTIALS_ONLY = frozenset({"url-token", "bearer", "basic"})
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,15}")
@@ -123,6 +124,14 @@ class Provider(WebhookCapableConnector):
     # /retry): its later completion may then replace the failure (StateStore.apply);
     # for every other provider a failed job stays failed.
     retries_under_same_id: ClassVar[bool] = False
+    # How long after a delivery's first attempt the provider may still send it
+    # again (its documented retry window plus slack, in seconds): its ids are
+    # remembered that long (handoff.seen), and no longer, so a provider that gives
+    # up after a minute does not cost 73 hours of ids. None: the provider does not
+    # say (declarative providers), DELIVERY_DEDUP_TTL_SECONDS applies.
+    # DELIVERY_DEDUP_TTL_SECONDS_<PROVIDER> overrides either
+    # (`delivery_dedup_seconds`).
+    delivery_retry_window_seconds: ClassVar[int | None] = None
     _session: requests.Session | None = None
 
     def __init__(
@@ -142,6 +151,7 @@ class Provider(WebhookCapableConnector):
         self.verifier = self._build_verifier() if self.supports_webhooks() else None
         self.allowlist = self._build_allowlist()
         self.max_body_bytes = self._body_limit()
+        self.delivery_dedup_seconds = self._dedup_window()
 
     def supports_webhooks(self) -> bool:
         return True
@@ -297,6 +307,27 @@ class Provider(WebhookCapableConnector):
         if not _WHOLE_NUMBER.fullmatch(value) or int(value) < 1:
             raise ConfigError(
                 f"{variable}: expected a whole number of bytes, at least 1 (20971520 is 20 MiB)"
+            )
+        return int(value)
+
+    def _dedup_window(self) -> int:
+        """Seconds a delivery id is remembered: DELIVERY_DEDUP_TTL_SECONDS_<PROVIDER> if
+        set, else the provider's retry window or DELIVERY_DEDUP_TTL_SECONDS — never less
+        than twice WEBHOOK_TOLERANCE_SECONDS: a signed timestamp passes for the
+        tolerance on either side of now, and an id forgotten sooner lets a captured
+        delivery be replayed (the check config.py makes of DELIVERY_DEDUP_TTL_SECONDS)."""
+        floor = 2 * self.settings.tolerance_seconds
+        variable = env_name(self.name, prefix=DEDUP_WINDOW_PREFIX)
+        value = self.environ.get(variable, "").strip()
+        if not value:
+            declared = self.delivery_retry_window_seconds or self.settings.dedup_ttl_seconds
+            return max(declared, floor)
+        if not _WHOLE_NUMBER.fullmatch(value) or int(value) < floor:
+            raise ConfigError(
+                f"{variable}: expected a whole number of seconds, at least {floor} (twice "
+                f"WEBHOOK_TOLERANCE_SECONDS={self.settings.tolerance_seconds}): a delivery id "
+                "forgotten while its signed timestamp still passes lets a captured delivery "
+                "be replayed"
             )
         return int(value)
 

@@ -148,6 +148,9 @@ class FalProvider(Provider):
     # The webhook carries the result: CDN URLs mostly, but a model asked for
     # `sync_mode` answers data URIs, several MB of base64 per image.
     default_max_body_bytes = 20 * 1024 * 1024
+    # fal retries a delivery 10 times over 2 hours; an hour more for a retry that
+    # lands late or a first attempt that was late itself.
+    delivery_retry_window_seconds = 3 * 3600
 
     # -- the provider's API -----------------------------------------------------
 

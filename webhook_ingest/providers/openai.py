@@ -80,6 +80,9 @@ def update_from_response(response: dict[str, Any], job: JobRef, source: str) -> 
 class OpenAIProvider(Provider):
     name = "openai"
     default_base_url = "https://api.openai.com/v1"
+    # OpenAI retries a delivery for up to 72 hours; an hour more covers the first
+    # attempt's own delay and the back-off's last step landing late.
+    delivery_retry_window_seconds = 73 * 3600
 
     def external_id(self, payload: dict[str, Any]) -> str:
         return require_str(payload, "data", "id")

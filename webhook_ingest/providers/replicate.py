@@ -106,6 +106,9 @@ def update_from_prediction(prediction: dict[str, Any], job: JobRef, source: str)
 class ReplicateProvider(Provider):
     name = "replicate"
     default_base_url = "https://api.replicate.com"
+    # Replicate retries only the terminal delivery, "for about a minute" (its docs
+    # give no exact figure): an hour is sixty of those, and costs little memory.
+    delivery_retry_window_seconds = 3600
     api_key_variable = "REPLICATE_API_KEY (or REPLICATE_API_TOKEN)"
 
     @property

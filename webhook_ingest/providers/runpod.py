@@ -114,6 +114,10 @@ class RunPodProvider(Provider):
     # POST {base}/{endpoint}/retry/{id} runs a FAILED or TIMED_OUT job again under
     # the same id: its COMPLETED then arrives after our `failed`.
     retries_under_same_id = True
+    # RunPod retries a failed delivery twice, 10 s apart: 20 s. Ten minutes is
+    # thirty times that, and also what the replay floor (twice
+    # WEBHOOK_TOLERANCE_SECONDS, Provider.delivery_dedup_seconds) gives by default.
+    delivery_retry_window_seconds = 600
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ _ENDPOINT = re.compile(r"^(?:/[A-Za-z0-9][A-Za-z0-9._-]*)+\Z")
 class StabilityProvider(Provider):
     name = "stability"
     default_base_url = "https://api.stability.ai"
+    # No webhooks, so no delivery ids to remember: the default window is never used.
 
     def supports_webhooks(self) -> bool:
         return False

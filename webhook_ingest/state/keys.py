@@ -35,7 +35,9 @@ ADOPTION_CURSOR = "webhook_ingest:adoption_cursor"  # SCAN cursor over job_mappi
 
 
 def applied_deliveries(job_id: str) -> str:
-    """Delivery ids already applied to a job: makes a redelivered task a no-op."""
+    """Delivery ids already applied to a job, for deliveries that carry no journal
+    record (messages sent by versions before the journal): makes a redelivered task
+    a no-op. A journaled delivery needs none: its record is gone once it is finished."""
     return f"webhook_ingest:applied:{job_id}"
 
 
@@ -72,8 +74,19 @@ def jwks(provider: str) -> str:
     return f"webhook_ingest:jwks:{provider}"
 
 
+def seen_deliveries(provider: str, bucket: int) -> str:
+    """Digests of the deliveries one provider sent in one time bucket (a set of
+    12-byte blake2b digests; handoff.seen): the receiver's de-duplication."""
+    return f"webhook_ingest:seen:{provider}:{bucket}"
+
+
 def delivery_claim(provider: str, delivery_id: str, job_id: str | None = None) -> str:
-    """A delivery's claim: per provider, per job of the URL it came to, per delivery id.
+    """A delivery's claim as versions before `seen_deliveries` wrote it (a key per id):
+    still read by the claim script, so an upgrade forgets no id that such a receiver
+    acknowledged; nothing writes it any more, and the last one expires
+    DELIVERY_DEDUP_TTL_SECONDS after the upgrade.
+
+    Per provider, per job of the URL it came to, per delivery id.
 
     The job is part of it, so a captured delivery posted first to another job's
     URL cannot make the real one a "duplicate" (it is a claim of its own, parked
@@ -95,8 +108,13 @@ def delivery_rate(provider: str, client: str) -> str:
 
 
 def delivery_claims(provider: str) -> str:
-    """A SCAN/KEYS pattern for every claim of one provider, of both forms."""
+    """A SCAN/KEYS pattern for every legacy claim of one provider, of both forms."""
     return f"webhook_ingest:delivery:{provider}[:/]*"
+
+
+def seen_buckets(provider: str) -> str:
+    """A SCAN/KEYS pattern for every bucket of one provider's seen deliveries."""
+    return f"webhook_ingest:seen:{provider}:*"
 
 
 DEAD_LETTERS = "webhook_ingest:dead_letters"  # zset dead letter id -> parked at (ms)

@@ -3,7 +3,9 @@
 Webhooks and orphan polls both end here, so ordering, duplicates and races are
 solved once, inside one Lua script that Redis runs atomically:
 
-- a delivery id already applied to the job changes nothing;
+- a delivery already finished changes nothing: its journal record is gone
+  (handoff.journal), or, for a message from a version before the journal, its
+  id is in the job's applied set;
 - a terminal status (completed, failed) is final: later or late-arriving
   observations are ignored — with one exception: a provider whose API runs a
   failed job again under the same id (`Provider.retries_under_same_id`, RunPod's
@@ -48,13 +50,7 @@ local finished_keep = tonumber(ARGV[17])
 local provider_status = ARGV[18]
 local failed_may_complete, broadcast_max_result = ARGV[20], tonumber(ARGV[21])
 
--- Whatever becomes of this observation, its delivery is finished: the journal
--- record the receiver's acknowledgment rests on goes in this same atomic step.
 local journal_member = ARGV[19]
-if journal_member ~= '' then
-  redis.call('ZREM', KEYS[8], journal_member)
-  redis.call('HDEL', KEYS[9], journal_member)
-end
 
 local function str(value)
   if value == nil or value == false or value == '' then return 'null' end
@@ -81,7 +77,29 @@ local function record(outcome)
   redis.call('EXPIRE', events_key, applied_ttl)
 end
 
-if delivery_id ~= '' then
+-- Whatever becomes of this observation, its delivery is finished: the journal
+-- record the receiver's acknowledgment rests on goes in this same atomic step.
+-- A record already gone means another copy of the delivery finished it (a
+-- redelivery, a redrive racing its original): this one is a duplicate, and of two
+-- copies applying at once only one can remove the record. So a journaled delivery
+-- needs nothing kept after it is finished.
+if journal_member ~= '' then
+  redis.call('ZREM', KEYS[8], journal_member)
+  if redis.call('HDEL', KEYS[9], journal_member) == 0 then
+    record('duplicate')
+    return {'duplicate'}
+  end
+  -- A dead letter parked by a version before the journal is journaled when it is
+  -- replayed: the applied set that version kept still says if it was applied
+  -- (a lookup of a key that is usually missing: no memory, next to no time).
+  if delivery_id ~= '' and redis.call('SISMEMBER', applied_key, delivery_id) == 1 then
+    record('duplicate')
+    return {'duplicate'}
+  end
+elseif delivery_id ~= '' then
+  -- A message from a version before the journal: only the job's applied set can
+  -- say it was applied before. These drain from the queues after an upgrade, and
+  -- the set expires DELIVERY_DEDUP_TTL_SECONDS after the last of them.
   if redis.call('SADD', applied_key, delivery_id) == 0 then
     record('duplicate')
     return {'duplicate'}
@@ -177,7 +195,7 @@ class Outcome(enum.StrEnum):
     APPLIED = "applied"  # state changed and was broadcast
     UNCHANGED = "unchanged"  # nothing new in this observation
     TERMINAL = "terminal"  # the job had already finished; ignored
-    DUPLICATE = "duplicate"  # this delivery was applied before
+    DUPLICATE = "duplicate"  # this delivery was finished (or applied) before
 
 
 @dataclass(frozen=True)
