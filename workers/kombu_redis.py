@@ -36,9 +36,14 @@ celeryconfig selects it for redis:// and rediss:// brokers (`broker_transport`).
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
+
+log = logging.getLogger(__name__)
 
 REFUSING_WRITES = (OutOfMemoryError, ReadOnlyError)
 # Longest an acknowledged message's record waits for the next delivery to carry
@@ -112,8 +117,13 @@ class Channel(kombu_redis.Channel):
         if qos is not None and not self.closed:
             try:
                 qos.flush_removals()
-            except self.connection_errors:
-                pass  # those messages come back after the visibility timeout
+            except Exception as exc:  # noqa: BLE001 - closing must go on whatever Redis said
+                log.warning(
+                    "closing the broker channel: %d acknowledged messages stay in unacked "
+                    "and come back after the visibility timeout as duplicates (%s)",
+                    len(qos._finished),
+                    type(exc).__name__,
+                )
         super().close()
 
 
@@ -140,5 +150,5 @@ def _flush_removals(cycle) -> None:
             continue
         try:
             qos.flush_removals()
-        except channel.connection_errors:
-            return  # the consumer reconnects; the removals wait for it
+        except (*channel.connection_errors, redis.RedisError):
+            return  # still queued: the next receipt or tick sends them
