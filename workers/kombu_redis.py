@@ -37,6 +37,7 @@ celeryconfig selects it for redis:// and rediss:// brokers (`broker_transport`).
 from __future__ import annotations
 
 import logging
+import threading
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -56,13 +57,24 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._finished: list[str] = []  # acked delivery tags whose records remain
+        # a threads pool acks from its threads while the loop takes the list
+        self._finished_lock = threading.Lock()
+
+    def _take_finished(self) -> list[str]:
+        with self._finished_lock:
+            finished, self._finished = self._finished, []
+        return finished
+
+    def _give_back(self, finished: list[str]) -> None:
+        with self._finished_lock:
+            self._finished[:0] = finished
 
     def append(self, message, delivery_tag):
         """Record the delivery before it is handed over, removing the records of
         those acknowledged since, in one transaction (kombu: two)."""
         delivery = message.delivery_info
         record = kombu_redis.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        finished, self._finished = self._finished, []
+        finished = self._take_finished()
         try:
             with self.pipe_or_acquire() as pipe:
                 for tag in finished:
@@ -71,7 +83,7 @@ class QoS(kombu_redis.QoS):
                 pipe.hset(self.unacked_key, delivery_tag, record)
                 pipe.execute()
         except BaseException:
-            self._finished[:0] = finished  # still to remove, on the next try
+            self._give_back(finished)  # still to remove, on the next try
             raise
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -80,21 +92,22 @@ class QoS(kombu_redis.QoS):
         # event loop flushes queued removals
         if not self.channel.connection.defers_removals:
             return super().ack(delivery_tag)
-        self._finished.append(delivery_tag)
+        with self._finished_lock:
+            self._finished.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     def flush_removals(self) -> None:
         """Send the queued removals now (timer, channel close)."""
         if not self._finished:
             return
-        finished, self._finished = self._finished, []
+        finished = self._take_finished()
         try:
             with self.pipe_or_acquire() as pipe:
                 for tag in finished:
                     self._remove_from_indices(tag, pipe)
                 pipe.execute()
         except BaseException:
-            self._finished[:0] = finished
+            self._give_back(finished)
             raise
 
 
