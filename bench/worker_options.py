@@ -39,6 +39,7 @@ CANDIDATES: dict[str, tuple[list[str], dict[str, str]]] = {
         [*VARIANT, "acks_immediate", "--loglevel=INFO", "--prefetch-multiplier=4"],
         {},
     ),
+    "no-multi": ([*VARIANT, "no_multi", "--loglevel=INFO"], {}),
     "no-is-open": ([*VARIANT, "no_is_open", "--loglevel=INFO"], {}),
     "prefetch4": ([*worker_args(), "--prefetch-multiplier=4"], {}),
     "conc3": ([*worker_args(), "--concurrency=3"], {}),

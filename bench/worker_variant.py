@@ -26,7 +26,24 @@ def acks_immediate() -> None:
     ours.Transport.register_with_event_loop = kombu_redis.Transport.register_with_event_loop
 
 
-PATCHES = {"no_is_open": no_is_open, "acks_immediate": acks_immediate}
+def no_multi() -> None:
+    """The transport's bookkeeping pipelines without MULTI/EXEC around them."""
+    from contextlib import contextmanager
+
+    from workers import kombu_redis as ours
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe=None, client=None):
+        if pipe:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as client:
+                yield client.pipeline(transaction=False)
+
+    ours.QoS.pipe_or_acquire = pipe_or_acquire
+
+
+PATCHES = {"no_is_open": no_is_open, "acks_immediate": acks_immediate, "no_multi": no_multi}
 
 
 def main(names: str, argv: list[str]) -> None:
