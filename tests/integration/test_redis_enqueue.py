@@ -106,7 +106,9 @@ def test_the_pushed_message_is_celerys_with_the_body_once_in_utf8(services, brok
     send_task of the same journaled delivery: same fields, same task body, the
     ids fresh per message, and a non-ASCII body carried once as UTF-8."""
     app, reader = broker
-    direct = SingleScriptHandoff(services.redis, app, TEST_REDIS_URL, 60, services.journal)
+    direct = SingleScriptHandoff(
+        services.redis, app, TEST_REDIS_URL, SeenDeliveries({}, 60), services.journal
+    )
     sample = Delivery(
         provider="replicate",
         delivery_id='msg_"quoted" é {braces}',  # shows in argsrepr, JSON-escaped
