@@ -6,12 +6,6 @@ PYTHON ?= python3
 # Records the last install; redone only when the package's metadata changes.
 STAMP := $(VENV)/.installed
 
-# Defaults for `make run`; the environment (or `make run PORT=9000`) wins.
-PORT ?= 8000
-REDIS_URL ?= redis://localhost:6379/0
-FLOWER_PORT ?= 5555
-export PORT REDIS_URL FLOWER_PORT
-
 # The tests' own database, so running them never touches `make run`'s data.
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 export TEST_REDIS_URL
@@ -28,13 +22,10 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[test]'
 	touch $@
 
-# On one machine the receiver listens on loopback unless told otherwise
-# (`make run BIND_ADDRESS=0.0.0.0`); the service's own default is every interface.
+# .env (if present), a Redis of its own, the preflight, then the Procfile; the
+# environment (or `make run PORT=9000`) wins over .env. See scripts/run.sh.
 run: install
-	scripts/ensure-redis.sh
-	$(VENV)/bin/webhook-ingest check-config
-	BIND_ADDRESS="$${BIND_ADDRESS:-127.0.0.1}" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
-		$(VENV)/bin/honcho start -f Procfile
+	VENV='$(CURDIR)/$(VENV)' scripts/run.sh
 
 test: install
 	REDIS_URL='$(TEST_REDIS_URL)' scripts/ensure-redis.sh --with-binary

@@ -7,6 +7,11 @@
 #
 #   --with-binary   also make sure the redis-server binary is installed, even when
 #                   a Redis already answers (the tests start private servers).
+#   --own           the caller is about to write into this Redis (`make run`): a
+#                   Redis this checkout did not start (the system's on 6379, another
+#                   clone's) is refused with one line, unless ALLOW_EXISTING_REDIS=1.
+#                   On a shared machine `make run` would otherwise write its jobs,
+#                   its beat schedule and its queues into someone else's database.
 set -euo pipefail
 
 REDIS_URL="${REDIS_URL:-redis://localhost:6379/0}"
@@ -14,10 +19,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="$ROOT/.run"
 
 with_binary=0
+own=0
 case "${1:-}" in
     --with-binary) with_binary=1 ;;
+    --own) own=1 ;;
     "") ;;
-    *) echo "usage: $0 [--with-binary]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--with-binary | --own]" >&2; exit 2 ;;
 esac
 
 log() { echo "ensure-redis: $*"; }
@@ -54,12 +61,22 @@ where="$host:$port"
 answers() {
     # Not `redis-cli -u`: it sends an empty user name for redis://:password@host
     # and fails where redis-py succeeds. REDISCLI_AUTH keeps the password out of ps.
-    local opts=(-h "$host" -p "$port")
+    opts=(-h "$host" -p "$port")
     if [ "$scheme" = "rediss" ]; then opts+=(--tls); fi
     if [ -n "$user" ]; then opts+=(--user "$user"); fi
     if [ -n "$password" ]; then export REDISCLI_AUTH="$password"; fi
     # timeout: a host that drops packets must not hang `make`.
     [ "$(timeout 3 redis-cli "${opts[@]}" ping 2>/dev/null)" = "PONG" ]
+}
+
+# True when the server answering is the one this script started here: its
+# process id is the one in our pid file (a stale pid file names another process).
+started_here() {
+    local pidfile="$RUN_DIR/redis-$port.pid" pid server_pid
+    [ -f "$pidfile" ] || return 1
+    pid="$(cat "$pidfile")"
+    server_pid="$(timeout 3 redis-cli "${opts[@]}" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p')"
+    [ -n "$pid" ] && [ "$pid" = "$server_pid" ]
 }
 
 # Debian's redis-server depends on redis-tools, which brings redis-cli.
@@ -70,7 +87,16 @@ if [ "$with_binary" -eq 1 ] && ! command -v redis-server >/dev/null; then
     apt_install redis-server
 fi
 
+# With --own, a server answering that this checkout did not start stops here.
+refuse_foreign() {
+    if [ "$own" -eq 1 ] && ! started_here && [ "${ALLOW_EXISTING_REDIS:-0}" != "1" ]; then
+        log "a Redis this checkout did not start answers at $where; set REDIS_URL to a free port (e.g. REDIS_URL=redis://127.0.0.1:6380/0) to start one, or ALLOW_EXISTING_REDIS=1 to write into this one" >&2
+        exit 1
+    fi
+}
+
 if answers; then
+    refuse_foreign
     log "Redis answers at $where"
     exit 0
 fi
@@ -88,6 +114,7 @@ if ! command -v redis-server >/dev/null; then
     apt_install redis-server
     # The package may have started its own service on the default port.
     if answers; then
+        refuse_foreign
         log "Redis answers at $where (started by the package)"
         exit 0
     fi
