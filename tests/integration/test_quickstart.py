@@ -87,9 +87,9 @@ def test_readme_quickstart_runs_verbatim_in_a_fresh_clone(clone):
         while True:
             assert run.poll() is None, "make run stopped:\n" + tail(clone.parent / "make-run.log")
             try:
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).ok:
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             assert time.monotonic() < deadline, tail(clone.parent / "make-run.log")
             time.sleep(0.3)
