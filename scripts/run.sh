@@ -42,7 +42,11 @@ if [ -f .env ]; then
 fi
 
 export PORT="${PORT:-8000}"
-export REDIS_URL="${REDIS_URL:-redis://localhost:6379/0}"
+# With no REDIS_URL at all, a Redis of make run's own on 6380 (started below if
+# nothing answers there), never the system's on 6379: on a shared machine the
+# default would otherwise write jobs, queues and the beat schedule into another
+# service's database 0.
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6380/0}"
 export FLOWER_PORT="${FLOWER_PORT:-5555}"
 # On one machine the receiver listens on loopback unless told otherwise
 # (BIND_ADDRESS=0.0.0.0); the service's own default is every interface.

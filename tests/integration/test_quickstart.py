@@ -158,6 +158,54 @@ def test_allow_existing_redis_lets_make_run_use_it():
     assert "Redis answers" in done.stdout
 
 
+def test_make_run_with_no_settings_uses_a_redis_of_its_own(clone):
+    """No .env, no REDIS_URL: `make run` must not write into the system Redis on
+    6379 (it did: db 0 on a shared machine); it starts its own on 6380."""
+    own = redis.Redis(port=6380, socket_connect_timeout=1)
+    try:
+        own.ping()
+        pytest.skip("something already answers on 6380: make run would rightly refuse it")
+    except redis.ConnectionError:
+        pass
+    port = free_port()
+    env = {
+        **user_env(),
+        "PORT": str(port),
+        "FLOWER_PORT": str(free_port()),
+        "WORKER_METRICS_PORT": str(free_port()),
+    }
+    log = (clone.parent / "make-run-defaults.log").open("w")
+    run = subprocess.Popen(
+        ["make", "run"],
+        cwd=clone,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert run.poll() is None, "make run stopped:\n" + tail(
+                clone.parent / "make-run-defaults.log"
+            )
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, tail(clone.parent / "make-run-defaults.log")
+            time.sleep(0.3)
+        assert (clone / ".run" / "redis-6380.pid").exists()
+        assert own.ping()
+    finally:
+        stop(run)
+        try:
+            own.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass
+
+
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
