@@ -4,15 +4,13 @@ dead-letter rule fires where the README's old one never did (issue 17, item 5)."
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import yaml
 
+from tests import promtool
 from tests.metric_names import PROMETHEUS_SERIES, exported_names, promql_metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,20 +18,8 @@ RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 
 
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    """Installed by scripts/ensure-promtool.sh (the Makefile's `test` runs it); run
-    here too when missing, so the test never assumes it."""
-    local = Path(sys.executable).parent / "promtool"
-    if not local.exists() and not shutil.which("promtool"):
-        subprocess.run([ROOT / "scripts" / "ensure-promtool.sh", local.parent], check=True)
-    return str(local) if local.exists() else shutil.which("promtool")
-
-
-def run(promtool: str, *args: str, cwd: Path = RULES.parent) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
+def run(*args: str, cwd: Path = RULES.parent) -> subprocess.CompletedProcess:
+    return promtool.run(*args, cwd=cwd)
 
 
 def rules() -> list[dict]:
@@ -41,14 +27,14 @@ def rules() -> list[dict]:
     return [rule for group in groups for rule in group["rules"]]
 
 
-def test_the_rules_pass_promtool_check(promtool):
-    checked = run(promtool, "check", "rules", RULES.name)
+def test_the_rules_pass_promtool_check():
+    checked = run("check", "rules", RULES.name)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout
 
 
-def test_the_rules_pass_their_unit_tests(promtool):
-    tested = run(promtool, "test", "rules", RULE_TESTS.name)
+def test_the_rules_pass_their_unit_tests():
+    tested = run("test", "rules", RULE_TESTS.name)
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
@@ -71,7 +57,7 @@ def test_the_name_check_catches_a_name_that_does_not_exist():
     assert used - exported_names() == {"webhook_deliveries_recieved_total"}
 
 
-def test_the_dead_letter_rule_fires_where_the_readmes_old_one_never_did(promtool, tmp_path):
+def test_the_dead_letter_rule_fires_where_the_readmes_old_one_never_did(tmp_path):
     # The README's rule, as written before issue 17: two expressions joined by
     # `and`, whose sides share no label set, so the intersection is always empty.
     old = "webhook_dead_letter_depth > 0 and increase(webhook_dead_letters_total[1h]) > 10"
@@ -105,6 +91,6 @@ def test_the_dead_letter_rule_fires_where_the_readmes_old_one_never_did(promtool
         )
     )
 
-    tested = run(promtool, "test", "rules", "rules_test.yml", cwd=tmp_path)
+    tested = run("test", "rules", "rules_test.yml", cwd=tmp_path)
 
     assert tested.returncode == 0, tested.stdout + tested.stderr
