@@ -1,7 +1,9 @@
 """The backlog on GET /metrics (issue 17, item 5): webhook_queue_length per broker queue,
 read at scrape time, after real traffic through the real receiver (gunicorn) onto a
 real Redis broker that no worker consumes, so what waits there is a real backlog.
-And a broker that does not answer never fails the scrape."""
+A broker that does not answer never fails the scrape. And the counters the alert
+rules watch with increase() exist at 0 from a process's start, so their first
+event is seen."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tests.support import (
     client_for,
     free_port,
     signed_headers,
+    wait_for,
 )
 
 
@@ -101,3 +104,33 @@ def test_a_broker_that_does_not_answer_never_fails_the_scrape(services):
     assert "webhook_queue_length" not in scraped
     assert scraped["webhook_redis_up"][()] == 1  # the Redis gauges still come through
     down.close()
+
+
+@pytest.mark.e2e
+def test_the_alerted_receiver_counters_start_at_zero(receiver_only):
+    scraped = samples(requests.get(f"{receiver_only.url}/metrics", timeout=5).text)
+    received = scraped["webhook_deliveries_received_total"]
+    for provider in ("replicate", "openai"):
+        for outcome in ("rate_limited", "unverified_rate_limited", "state_unavailable"):
+            assert received[(("outcome", outcome), ("provider", provider))] == 0
+
+
+@pytest.mark.e2e
+def test_the_alerted_worker_counters_start_at_zero(private_redis, fake_api):
+    port = free_port()
+    svc = Service(private_redis.url, {"WORKER_METRICS_PORT": str(port)})
+    svc.start_worker()
+    try:
+
+        def scrape() -> dict | None:
+            try:
+                return samples(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
+            except requests.RequestException:
+                return None
+
+        wait_for(lambda: scrape() is not None, timeout=30, message=f"worker metrics ({svc.logs})")
+        scraped = scrape()
+        for name in ("webhook_orphans_given_up_total", "webhook_dead_letters_dropped_total"):
+            assert scraped[name][(("provider", "replicate"),)] == 0, name
+    finally:
+        svc.stop()

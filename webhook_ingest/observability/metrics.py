@@ -17,6 +17,7 @@ module (deploy/prometheus and deploy/grafana are checked against it).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
@@ -159,3 +160,32 @@ QUEUE_LENGTH = ScrapeGauge(
     "Redis broker: LLEN; RabbitMQ: a passive queue_declare's message_count.",
     ("queue",),
 )
+
+
+# -- series that exist from the start --------------------------------------------------
+# The alert rules (deploy/prometheus/alerts.yml) watch these with increase() and
+# rate(). A labelled series Prometheus first sees already at 1 has no earlier
+# sample to compare with, so increase() misses that first event: a job given up
+# once after a worker restart would never alert. Each process creates them at 0
+# for every configured provider when it starts.
+
+RECEIVER_ALERTED_OUTCOMES = (
+    "rate_limited",
+    "unverified_rate_limited",
+    "verification_failed",
+    "queue_unavailable",
+    "state_unavailable",
+)
+
+
+def start_receiver_series(providers: Iterable[str]) -> None:
+    for provider in providers:
+        for outcome in RECEIVER_ALERTED_OUTCOMES:
+            DELIVERIES_RECEIVED.labels(provider, outcome)
+
+
+def start_worker_series(providers: Iterable[str]) -> None:
+    for provider in providers:
+        ORPHANS_GIVEN_UP.labels(provider)
+        DEAD_LETTERS_DROPPED.labels(provider)
+        ORPHANS_DETECTED.labels(provider)

@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("metrics", __name__)
 
+
+@blueprint.record_once
+def _start_series(state) -> None:
+    """The counters the alert rules watch, at 0 from this process's start
+    (families.start_receiver_series says why)."""
+    families.start_receiver_series(state.app.extensions["webhook_ingest"].providers)
+
+
 # Every queue a worker consumes (celeryconfig): first attempts, and retries of
 # deliveries whose job was not registered yet.
 QUEUES = (QUEUE, UNMATCHED_QUEUE)
