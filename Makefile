@@ -30,6 +30,7 @@ run: install
 test: install
 	REDIS_URL='$(TEST_REDIS_URL)' scripts/ensure-redis.sh --with-binary
 	scripts/ensure-nginx.sh
+	scripts/ensure-promtool.sh $(VENV)/bin
 	$(VENV)/bin/pytest -m 'not faults' $(PYTEST_ARGS)
 
 # The fault suite (docs/operations.md): kills and restarts the real processes,

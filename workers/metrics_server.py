@@ -48,6 +48,12 @@ def _serve(**_: object) -> None:
         log.error("worker metrics not served on %s port %d: %s", address, port, exc)
         return
     _state["server"] = server
+    # The counters the alert rules watch, at 0 from the start (in this process's
+    # file; the pool's children add to them): metrics.start_worker_series says why.
+    from webhook_ingest.observability import metrics
+    from workers.services import services
+
+    metrics.start_worker_series(services().providers)
     log.info("worker metrics on %s port %d", address, port)
 
 

@@ -8,12 +8,17 @@ Processes: under gunicorn and in a prefork Celery worker each child counts into
 files in `PROMETHEUS_MULTIPROC_DIR` (prepared by observability.multiprocess_dir
 from gunicorn.conf.py and workers.run, summed by web.metrics_endpoint and
 workers.metrics_server); a single process (tests, `flask run`) counts in
-memory. Gauges that describe Redis rather than a process (dead-letter depth,
-tracked jobs) are read from Redis at scrape time (operations.depths) instead of
-being counted.
+memory. Gauges that describe Redis or the broker rather than a process
+(dead-letter depth, tracked jobs, queue lengths) are read at scrape time
+(operations.depths, web.metrics_endpoint) instead of being counted; their names
+are defined here too (ScrapeGauge), so every name the service exports is in this
+module (deploy/prometheus and deploy/grafana are checked against it).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 
@@ -112,3 +117,75 @@ JOURNAL_REDRIVEN = Counter(
     "Acknowledged deliveries published again because they were overdue in the journal.",
     ["provider"],
 )
+
+
+# -- read at scrape time by the receiver's GET /metrics (web.metrics_endpoint) ----------
+
+
+@dataclass(frozen=True)
+class ScrapeGauge:
+    """A gauge the receiver reads from Redis or the broker when scraped, never counted
+    by a process (so never summed across processes)."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+
+
+REDIS_UP = ScrapeGauge("webhook_redis_up", "1 if the state Redis answered this scrape.")
+DEAD_LETTER_DEPTH = ScrapeGauge(
+    "webhook_dead_letter_depth", "Dead letters kept (DEAD_LETTER_TTL_SECONDS)."
+)
+TRACKED_JOBS = ScrapeGauge(
+    "webhook_tracked_jobs",
+    "Unfinished jobs the orphan poller watches, by provider.",
+    ("provider",),
+)
+JOURNAL_DEPTH = ScrapeGauge(
+    "webhook_journal_depth",
+    "Acknowledged deliveries not finished yet (applied, ignored or parked).",
+)
+JOURNAL_OLDEST_AGE = ScrapeGauge(
+    "webhook_journal_oldest_age_seconds",
+    "Age of the journal's first-due unfinished delivery; 0 when the journal is empty.",
+)
+BROKER_UP = ScrapeGauge(
+    "webhook_broker_up",
+    "1 if the broker answered this scrape's queue-length read; 0 (and no "
+    "webhook_queue_length series) when it did not.",
+)
+QUEUE_LENGTH = ScrapeGauge(
+    "webhook_queue_length",
+    "Messages waiting on a broker queue (the backlog): not yet taken by a worker. "
+    "Redis broker: LLEN; RabbitMQ: a passive queue_declare's message_count.",
+    ("queue",),
+)
+
+
+# -- series that exist from the start --------------------------------------------------
+# The alert rules (deploy/prometheus/alerts.yml) watch these with increase() and
+# rate(). A labelled series Prometheus first sees already at 1 has no earlier
+# sample to compare with, so increase() misses that first event: a job given up
+# once after a worker restart would never alert. Each process creates them at 0
+# for every configured provider when it starts.
+
+RECEIVER_ALERTED_OUTCOMES = (
+    "rate_limited",
+    "unverified_rate_limited",
+    "verification_failed",
+    "queue_unavailable",
+    "state_unavailable",
+)
+
+
+def start_receiver_series(providers: Iterable[str]) -> None:
+    for provider in providers:
+        for outcome in RECEIVER_ALERTED_OUTCOMES:
+            DELIVERIES_RECEIVED.labels(provider, outcome)
+
+
+def start_worker_series(providers: Iterable[str]) -> None:
+    for provider in providers:
+        ORPHANS_GIVEN_UP.labels(provider)
+        DEAD_LETTERS_DROPPED.labels(provider)
+        ORPHANS_DETECTED.labels(provider)
