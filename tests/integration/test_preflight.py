@@ -338,3 +338,21 @@ def test_a_wrong_and_a_missing_admin_token_are_told_apart_in_the_log_only(client
         ("operator request refused: no bearer token sent", "missing_token"),
         ("operator request refused: wrong bearer token", "wrong_token"),
     ]
+
+
+def test_flower_reads_its_basic_auth_from_a_file_before_deciding_to_refuse(tmp_path):
+    missing = run(
+        sys.executable,
+        "-m",
+        "workers.flower",
+        timeout=30,
+        FLOWER_ADDRESS="0.0.0.0",  # noqa: S104 - refused before anything listens
+        FLOWER_BASIC_AUTH=None,
+        FLOWER_BASIC_AUTH_FILE=str(tmp_path / "nowhere"),
+    )
+
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f"invalid configuration: FLOWER_BASIC_AUTH_FILE: cannot read {tmp_path / 'nowhere'}: "
+        "No such file or directory"
+    )
