@@ -3,6 +3,7 @@
 `gunicorn -c gunicorn.conf.py webhook_ingest.wsgi:app`
 """
 
+import logging
 import multiprocessing
 import os
 
@@ -87,7 +88,30 @@ graceful_timeout = 20
 keepalive = _header_timeout
 
 
+# create_app (webhook_ingest.web.app) logs the configuration's warnings (providers
+# without verification, providers without an API key) as it builds the app, which
+# every worker does: they describe the configuration, not the worker, so only the
+# first worker of a start (age 1) says them; the others, and workers that replace
+# one later, keep them to themselves while their app is built. The master cannot
+# say them itself: building providers imports requests (ssl) before gevent patches.
+START_UP_LOGGER = "webhook_ingest.web.app"
+
+
+class _StartUpWarningsSaidOnce(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+_said_once = _StartUpWarningsSaidOnce()
+
+
+def post_fork(server, worker):
+    if worker.age > 1:
+        logging.getLogger(START_UP_LOGGER).addFilter(_said_once)
+
+
 def post_worker_init(worker):
+    logging.getLogger(START_UP_LOGGER).removeFilter(_said_once)
     # The body's deadline (webhook_ingest.web.body_deadline) needs gevent's timers;
     # it wraps whatever app this configuration serves (bench/bare_app.py too).
     if worker_class == "gevent":

@@ -8,9 +8,10 @@ delivery. Per-provider credentials are read by `webhook_ingest.providers`.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,7 +55,14 @@ def min_redrive_after_seconds(visibility_timeout_seconds: int) -> int:
 
 
 class ConfigError(Exception):
-    """The environment holds a value the service cannot run with."""
+    """The environment holds a value the service cannot run with.
+
+    `problems`: one line per bad variable, each starting with its name (what
+    `webhook-ingest check-config` prints one per line)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,9 @@ class Settings:
     journal_redrive_after_seconds: int
     journal_redrive_interval_seconds: int
     journal_redrive_budget: int
+    log_level: str
+    log_format: str
+    flower_basic_auth: str | None
 
     @property
     def bind(self) -> str:
@@ -149,6 +160,32 @@ def _listen_address(value: str) -> None:
         raise ValidationError(
             "must be an IP address such as 127.0.0.1, 0.0.0.0 (every interface) or ::"
         ) from None
+
+
+LOG_FORMATS = ("json", "text")
+
+
+def _log_level(value: str) -> None:
+    # As observability.json_logs applies it (upper-cased, to the root logger): a name
+    # logging does not know made gunicorn die with `Unknown level` and no variable named.
+    if not isinstance(logging.getLevelNamesMapping().get(value.upper()), int):
+        raise ValidationError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+
+
+def _log_format(value: str) -> None:
+    # json_logs reads it stripped and lower-cased; anything else fell back to JSON silently.
+    if value.strip().lower() not in LOG_FORMATS:
+        raise ValidationError(f"must be one of {', '.join(LOG_FORMATS)}")
+
+
+def _flower_basic_auth(value: str) -> None:
+    # Flower compares `user:password` strings, one per comma-separated entry: an entry
+    # without a colon (or an empty side) is a login nobody can ever use, and Flower
+    # itself starts without a word.
+    for entry in value.split(","):
+        user, colon, password = entry.partition(":")
+        if not (colon and user and password):
+            raise ValidationError("expected user:password[,user2:password2]")
 
 
 def _int(name: str, default: int, *validators: validate.Validator) -> fields.Integer:
@@ -255,6 +292,15 @@ class SettingsSchema(Schema):
     # steps instead of one burst.
     journal_redrive_budget = _int("JOURNAL_REDRIVE_BUDGET", 1000, validate.Range(1, 100_000))
 
+    # Read by observability.json_logs in every process; validated here so a bad value
+    # stops the process (and check-config) naming the variable.
+    log_level = fields.String(data_key="LOG_LEVEL", load_default="INFO", validate=_log_level)
+    log_format = fields.String(data_key="LOG_FORMAT", load_default="json", validate=_log_format)
+    # Read by Flower itself (workers.flower); a secret, never printed.
+    flower_basic_auth = fields.String(
+        data_key="FLOWER_BASIC_AUTH", load_default=None, validate=_flower_basic_auth
+    )
+
     @validates_schema
     def _redrive_after_the_broker(self, data: dict, **_: object) -> None:
         visibility = data.get("broker_visibility_timeout_seconds", 90)
@@ -296,6 +342,8 @@ class SettingsSchema(Schema):
     @post_load
     def _derive(self, data: dict, **_: object) -> Settings:
         data["broker_url"] = data["broker_url"] or data["redis_url"]
+        data["log_level"] = data["log_level"].upper()
+        data["log_format"] = data["log_format"].strip().lower()
         data["webhook_base_url"] = (
             data["webhook_base_url"] or f"http://localhost:{data['port']}"
         ).rstrip("/")
@@ -305,16 +353,68 @@ class SettingsSchema(Schema):
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Validate the environment; raise ConfigError naming every bad variable."""
     env = os.environ if environ is None else environ
+    if isinstance(env, MutableMapping):
+        read_secret_files(env)
     # Empty strings mean "unset", as in most process managers' .env files.
     present = {key: value for key, value in env.items() if value != ""}
     try:
         return SettingsSchema().load(present)
     except ValidationError as exc:
-        problems = "; ".join(
+        problems = [
             f"{name}: {' '.join(map(str, messages))}"
             for name, messages in sorted(exc.normalized_messages().items())
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
+        ]
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}", problems) from None
+
+
+# Variables that hold a secret, which may instead be read from a file named by
+# `<VAR>_FILE` (the container convention: Docker and Kubernetes secrets are files).
+# The URLs are here for the passwords they may carry.
+SECRET_VARIABLE = re.compile(
+    r"(WEBHOOK_(SECRET|BEARER_TOKEN|BASIC_AUTH|URL_SECRET|URL_TOKEN)_[A-Z0-9_]+"
+    r"|[A-Z][A-Z0-9_]*_API_(KEY|TOKEN)|FAL_KEY|ADMIN_TOKEN|FLOWER_BASIC_AUTH"
+    r"|REDIS_URL|CELERY_BROKER_URL)"
+)
+FILE_SUFFIX = "_FILE"
+
+
+def secret_file_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """{secret variable: its `_FILE` variable} for every `<VAR>_FILE` set whose VAR
+    is a secret variable (WEBHOOK_PROVIDERS_FILE, say, is a variable of its own)."""
+    return {
+        name.removesuffix(FILE_SUFFIX): name
+        for name, value in environ.items()
+        if name.endswith(FILE_SUFFIX)
+        and value.strip()
+        and SECRET_VARIABLE.fullmatch(name.removesuffix(FILE_SUFFIX))
+    }
+
+
+def read_secret_files(environ: MutableMapping[str, str]) -> None:
+    """Set each secret variable given as `<VAR>_FILE` from its file, in `environ`
+    itself (the process's environment at start), so every reader of VAR — the
+    providers, Flower, Celery — sees the value. The file's trailing newline is not
+    part of the secret. Both VAR and VAR_FILE set is refused (which one would win
+    is a guess), unless VAR already holds the file's content: a process that read
+    the files before (gunicorn's master, then its workers) reads them again."""
+    problems = []
+    for variable, file_variable in sorted(secret_file_variables(environ).items()):
+        path = environ[file_variable].strip()
+        try:
+            with open(path, encoding="utf-8") as file:
+                value = file.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            problems.append(f"{file_variable}: cannot read {path}: {why}")
+            continue
+        if not value.strip():
+            problems.append(f"{file_variable}: {path} is empty")
+        elif environ.get(variable, "") not in ("", value):
+            problems.append(f"{file_variable}: {variable} is set too; set one of them")
+        else:
+            environ[variable] = value
+    if problems:
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}", problems)
 
 
 # Query parameters that carry a credential (redis-py takes any connection keyword,

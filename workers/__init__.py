@@ -17,7 +17,12 @@ def __getattr__(name: str) -> Any:
     if name != "app":
         raise AttributeError(f"module 'workers' has no attribute {name!r}")
     if _app is None:
+        from webhook_ingest.config import ConfigError
         from workers.celery_app import create_celery_app
 
-        _app = create_celery_app()
+        try:
+            _app = create_celery_app()
+        except ConfigError as exc:
+            # worker, beat and Flower stop at start naming the variable, in one line
+            raise SystemExit(str(exc)) from None
     return _app

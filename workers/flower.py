@@ -41,6 +41,12 @@ def command(environ: dict[str, str]) -> list[str]:
 
 
 def main() -> None:
+    from webhook_ingest.config import ConfigError, read_secret_files
+
+    try:
+        read_secret_files(os.environ)  # FLOWER_BASIC_AUTH_FILE, before it is looked at
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     args = command(dict(os.environ))
     os.execv(args[0], args)  # noqa: S606 - argv, no shell
 

@@ -13,12 +13,16 @@ import os
 import shutil
 import sys
 
-from webhook_ingest.config import load_settings
+from webhook_ingest.config import ConfigError, load_settings
 from webhook_ingest.observability import multiprocess_dir
 
 
 def main(argv: list[str]) -> None:
-    if load_settings().worker_metrics_port:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None  # the variable named, in one line
+    if settings.worker_metrics_port:
         multiprocess_dir.prepare("worker")
     celery = shutil.which("celery") or os.path.join(os.path.dirname(sys.executable), "celery")
     os.execv(celery, [celery, "-A", "workers", *argv])  # noqa: S606 - argv, no shell

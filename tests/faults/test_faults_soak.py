@@ -50,8 +50,9 @@ queued or unacknowledged) and anything else kept per delivery — a leak of
 either breaks it.
 
 **Retention.** Keys kept per delivery or per observation must expire by
-themselves: delivery claims, `applied:*`, `job_events:*`, `finished_jobs:*`
-all have a TTL. Without a TTL only: the job system's own `job_state:*` and
+themselves: the seen-delivery buckets, `job_events:*`, `finished_jobs:*` all
+have a TTL; the per-id claim keys and per-job `applied:*` sets of earlier
+versions are not written at all. Without a TTL only: the job system's own `job_state:*` and
 `job_mapping:*` (contract §4, theirs to delete), the reverse index
 `external:*` (one per job, written with the mapping), and the fixed keys:
 kombu's bindings and the provider's live-job index. Anything else without a TTL fails the test.
@@ -120,10 +121,15 @@ NO_TTL_FIXED = {
 }
 MUST_EXPIRE = {
     "webhook_ingest:seen:*",
-    "webhook_ingest:delivery:*",
-    "webhook_ingest:applied:*",
     "webhook_ingest:job_events:*",
     keys.finished_jobs("replicate"),
+}
+# What versions before issue 16 kept per delivery: a claim key per id and a per-job
+# applied set. This version reads them during an upgrade and writes neither for a
+# journaled delivery, so the soak must leave none behind.
+NO_LONGER_WRITTEN = {
+    "webhook_ingest:delivery:*",
+    "webhook_ingest:applied:*",
 }
 
 
@@ -230,6 +236,7 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signa
     unexpected = {f: n for f, n in no_ttl.items() if f not in NO_TTL_PER_JOB | NO_TTL_FIXED}
     not_expiring = {f: census[f]["no_ttl"] for f in MUST_EXPIRE if census.get(f, {}).get("no_ttl")}
     missing_families = [f for f in MUST_EXPIRE if f not in census]
+    still_written = {f: census[f]["keys"] for f in NO_LONGER_WRITTEN if f in census}
 
     mib = 1024 * 1024
     report(
@@ -268,6 +275,7 @@ def test_soak_ten_thousand_deliveries_with_a_worker_restart(store, system, signa
     assert not unexpected, unexpected
     assert not not_expiring, not_expiring
     assert not missing_families, missing_families
+    assert not still_written, still_written
     # per job, not per delivery: the keys without a TTL are bounded by the jobs
     assert all(no_ttl.get(f, 0) <= JOBS for f in NO_TTL_PER_JOB), no_ttl
 

@@ -18,7 +18,9 @@ PACKAGE = ROOT / "webhook_ingest"
 # Where a Redis command may be sent from (beside the composition root).
 REDIS_ROOMS = ("state/", "handoff/", "operations/")
 KEY_CACHES = ("providers/poll_targets.py", "verification/ed25519_jwks.py")
-CLIENT_FACTORY_CALLERS = ("services.py",)
+# check-config's preflight pings Redis with the processes' own factory, once, even
+# when the providers cannot be built (so without Services).
+CLIENT_FACTORY_CALLERS = ("services.py", "operations/preflight.py")
 
 
 def modules() -> dict[str, Path]:

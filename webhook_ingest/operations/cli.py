@@ -7,8 +7,9 @@ import sys
 from datetime import UTC, datetime
 
 import click
+import redis
 
-from webhook_ingest.config import ConfigError, redacted_url
+from webhook_ingest.config import ConfigError, load_settings, redacted_url
 
 
 def _services():
@@ -20,16 +21,57 @@ def _services():
         raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+class _OneLineWhenRedisIsDown(click.Group):
+    """Every command reads Redis: when it does not answer, say so in one line
+    (which server, redacted, and why) instead of redis-py's traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise click.ClickException(f"Redis unavailable at {_redis_shown()}: {exc}") from None
+
+
+def _redis_shown() -> str:
+    try:
+        return redacted_url(load_settings().redis_url)
+    except ConfigError:
+        return "REDIS_URL"
+
+
+@click.group(cls=_OneLineWhenRedisIsDown)
 def main() -> None:
     """Operate webhook-ingest (reads the same environment as the service)."""
 
 
 @main.command("check-config")
 def check_config() -> None:
-    """Validate the environment and say which providers accept deliveries."""
-    services = _services()
-    for name, provider in sorted(services.providers.items()):
+    """Preflight: validate the environment as the processes do, reach Redis and the
+    broker, and say what each provider can do. Exits 1 on any error."""
+    import os
+
+    from webhook_ingest.operations import preflight
+    from webhook_ingest.providers import configuration_warnings, load_providers
+
+    def problem(line: str) -> None:
+        errors.append(line)
+        click.echo(f"ERROR {line}", err=True)
+
+    errors: list[str] = []
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for line in exc.problems:
+            problem(line)
+        raise click.ClickException(_errors_found(errors)) from None
+    try:
+        # without a Redis client, as the worker's start-up check builds them
+        providers = load_providers(settings)
+    except ConfigError as exc:
+        providers = {}
+        for line in exc.problems:
+            problem(line)
+    for name, provider in sorted(providers.items()):
         if not provider.supports_webhooks():
             click.echo(f"provider {name}: poll only (the provider sends no webhooks)")
         elif provider.enabled:
@@ -39,16 +81,26 @@ def check_config() -> None:
                 f"provider {name}: DISABLED - configure its verification "
                 f"({provider.configuration_hint}) to accept its webhooks"
             )
-    from webhook_ingest.providers import configuration_warnings
-
-    for warning in configuration_warnings(services.providers):
+        click.echo(f"  {name}: {preflight.capabilities(provider)}")
+    for warning in configuration_warnings(providers):
         click.echo(f"WARNING {warning}")
-    settings = services.settings
+    for warning in preflight.unknown_variable_warnings(providers, os.environ):
+        click.echo(f"WARNING {warning}")
     # shown so an operator sees which servers, never with their passwords
-    click.echo(f"redis: {redacted_url(settings.redis_url)}")
-    click.echo(f"broker: {redacted_url(settings.broker_url)}")
+    for what, url, failure in preflight.connection_problems(settings):
+        if failure is None:
+            click.echo(f"{what}: {url} ok")
+        else:
+            problem(f"{what}: {url} unreachable ({failure})")
     if not settings.admin_token:
         click.echo("operator endpoints: DISABLED - set ADMIN_TOKEN to enable /jobs")
+    if errors:
+        raise click.ClickException(_errors_found(errors))
+    click.echo("configuration ok")
+
+
+def _errors_found(errors: list[str]) -> str:
+    return f"{len(errors)} error{'' if len(errors) == 1 else 's'} found (ERROR lines above)"
 
 
 @main.group("jobs")
@@ -80,6 +132,13 @@ def dead_letters() -> None:
 @click.option("--reason", help="Only letters parked for this reason.")
 def list_dead_letters(limit: int, provider: str | None, reason: str | None) -> None:
     letters = _services().dead_letters.list(limit, provider, reason, with_message=False)
+    if not letters:
+        filters = ", ".join(
+            f"{name}={value}"
+            for name, value in (("provider", provider), ("reason", reason))
+            if value
+        )
+        click.echo(f"no dead letters{f' ({filters})' if filters else ''}")
     for letter in letters:
         click.echo(
             f"{letter['id']}  {letter['provider']:<10} {letter['reason']:<22} "
@@ -106,7 +165,6 @@ def _celery():
     given = click.get_current_context().find_object(Celery)
     if given is not None:
         return given
-    from webhook_ingest.config import load_settings
     from webhook_ingest.handoff import broker
 
     try:

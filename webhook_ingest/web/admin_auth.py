@@ -19,13 +19,31 @@ from webhook_ingest.web.http_errors import error
 log = logging.getLogger(__name__)
 
 
-def authorized() -> bool:
+def refusal() -> str | None:
+    """None when the request carries the operator token, else why not, for the log
+    (the answer says the same 401 whatever the reason): `disabled` (no ADMIN_TOKEN
+    configured: the endpoints are disabled, not open), `missing` (no bearer token
+    sent) or `wrong` (a bearer token that is not ADMIN_TOKEN)."""
     token = current_app.extensions["webhook_ingest"].settings.admin_token
     given = request.headers.get("Authorization", "")
-    # No token configured: the endpoints are disabled, not open.
-    if not token or not given.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(given[len("Bearer ") :].encode(), token.encode())
+    if not token:
+        return "disabled"
+    if not given.startswith("Bearer "):
+        return "missing"
+    if hmac.compare_digest(given[len("Bearer ") :].encode(), token.encode()):
+        return None
+    return "wrong"
+
+
+_SAID = {
+    "disabled": "no ADMIN_TOKEN is configured",
+    "missing": "no bearer token sent",
+    "wrong": "wrong bearer token",
+}
+
+
+def authorized() -> bool:
+    return refusal() is None
 
 
 def require_admin():
@@ -35,8 +53,15 @@ def require_admin():
     wait = failures.wait(client)
     if wait:
         return error(429, "too many failed operator requests", Retry_After=str(wait))
-    if authorized():
+    why = refusal()
+    if why is None:
         return None
     failures.spend(client)
-    log.info("operator request refused: bad or missing token", extra={"outcome": "unauthorized"})
+    # Told apart here only: an operator's typo (wrong) from a client that sends no
+    # token at all (missing), and a deployment without ADMIN_TOKEN (disabled).
+    log.info(
+        "operator request refused: %s",
+        _SAID[why],
+        extra={"outcome": "unauthorized", "reason": f"{why}_token"},
+    )
     return error(401, "operator token required", WWW_Authenticate="Bearer")

@@ -22,13 +22,41 @@ MAX_LIMIT = 500
 LETTER_ID = re.compile(r"^[0-9a-f]{32}\Z")
 
 
+# The reasons workers.tasks parks a delivery under: its own words, and the class
+# name of the error for a payload, mapping or provider error it cannot retry.
+FIXED_REASONS = ("unmatched", "provider_unavailable", "provider_auth", "error")
+
+
+def known_reasons() -> list[str]:
+    from webhook_ingest.providers import PayloadError
+    from webhook_ingest.providers.http import ProviderError
+    from webhook_ingest.state.job_registry import JobMismatch
+
+    def names(cls: type) -> set[str]:
+        return {cls.__name__}.union(*(names(sub) for sub in cls.__subclasses__()))
+
+    parked_errors = (PayloadError, JobMismatch, ProviderError)
+    return sorted({*FIXED_REASONS, *(name for cls in parked_errors for name in names(cls))})
+
+
+def _known_reason(value: str) -> None:
+    # A misspelt reason matched nothing and answered an empty list: "no letters".
+    reasons = known_reasons()
+    if value not in reasons:
+        raise ValidationError(f"unknown reason; one of {', '.join(reasons)}")
+
+
 class ListQuery(Schema):
     class Meta:
         unknown = RAISE  # a misspelt filter must not silently list everything
 
-    limit = fields.Integer(load_default=50, validate=validate.Range(1, MAX_LIMIT))
+    limit = fields.Integer(
+        load_default=50,
+        validate=validate.Range(1, MAX_LIMIT, error=f"must be between 1 and {MAX_LIMIT}"),
+        error_messages={"invalid": f"must be a whole number between 1 and {MAX_LIMIT}"},
+    )
     provider = fields.String(load_default=None, validate=validate.Length(1, 64))
-    reason = fields.String(load_default=None, validate=validate.Length(1, 64))
+    reason = fields.String(load_default=None, validate=_known_reason)
 
 
 @blueprint.get("/dead-letters")
@@ -38,7 +66,10 @@ def list_dead_letters():
     try:
         query = ListQuery().load(request.args.to_dict())
     except ValidationError as exc:
-        return _bad_parameter(sorted(exc.normalized_messages())[0])
+        name, messages = sorted(exc.normalized_messages().items())[0]
+        # what the caller may send instead (a range, the known reasons), never what it sent
+        why = messages[0] if name in ("limit", "reason") else None
+        return _bad_parameter(name, why)
     if query["provider"] is not None and query["provider"] not in services.providers:
         return _bad_parameter("provider", "unknown provider")
     letters = services.dead_letters.list(with_message=False, **query)
