@@ -98,22 +98,23 @@ class Processes:
 
     def stop_all(self) -> None:
         # The store last: the others may still be finishing a write.
-        for name in sorted(self.running, key=lambda n: n == "redis"):
+        for name in sorted(self.running, key=lambda n: n.startswith("redis")):
             try:
                 self.stop(name)
             except Exception as exc:  # keep stopping the rest
                 print(f"bench: could not stop {name}: {exc}", file=sys.stderr)
 
 
-def start_redis(procs: Processes, data_dir: Path) -> tuple[str, redis.Redis]:
-    """A redis-server of the bench's own, configured as production would run it."""
+def start_redis(procs: Processes, data_dir: Path, name: str = "redis") -> tuple[str, redis.Redis]:
+    """A redis-server of the bench's own, configured as production would run it;
+    `name` (starting with "redis", so it is stopped last) for a second one."""
     binary = shutil.which("redis-server")
     if not binary:
         raise SystemExit("redis-server is needed (apt-get install redis-server)")
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     procs.spawn(
-        "redis",
+        name,
         [
             binary,
             "--port",
