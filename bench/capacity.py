@@ -55,6 +55,7 @@ from bench.common import (
 )
 from bench.run import STRIPPED_ENV
 
+NAN = float("nan")
 RESULTS = ROOT / "bench" / "results" / "capacity.json"
 CONNECTIONS = 16
 WARMUP_SECONDS = 1
@@ -138,7 +139,8 @@ def phase(before: dict, after: dict, deliveries: int, idle: dict, polls: int = 0
         "by_command": {name: round(count / n, 3) for name, count in sorted(calls.items())},
         "net_in_bytes": (after["net_in"] - before["net_in"]) / n,
         "net_out_bytes": (after["net_out"] - before["net_out"]) / n,
-        "aof_bytes": (after["aof"] - before["aof"]) / n,
+        # nan when Redis rewrote its AOF during the phase (the file shrank)
+        "aof_bytes": (after["aof"] - before["aof"]) / n if after["aof"] >= before["aof"] else NAN,
         "script_us": (after["script_usec"] - before["script_usec"]) / n,
         "cpu_main_us": max(0.0, after["cpu_main"] - before["cpu_main"] - idle["main"] * seconds)
         / n
