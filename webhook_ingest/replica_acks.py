@@ -90,6 +90,7 @@ class ReplicaAcks:
             pipe.evalsha(script.sha, len(keys_), *keys_, *args)
             self._mark_and_wait(pipe)
             reply, _, acked = pipe.execute()
+
         return reply, acked
 
     def confirm(self) -> None:
@@ -113,7 +114,7 @@ class ReplicaAcks:
             self.wanted,
             self.timeout_ms,
             extra={
-                "process": self._process,
+                "replica_ack_process": self._process,
                 "replicas_acked": acked,
                 "replicas_wanted": self.wanted,
             },
