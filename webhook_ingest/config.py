@@ -304,7 +304,7 @@ class SettingsSchema(Schema):
 
     # Replicas that must confirm (Redis WAIT) the receiver's claim + journal record
     # before a 2xx, and a worker's applied state before it acknowledges the task
-    # (webhook_ingest.replica_acks). 0: no WAIT at all, as before.
+    # (webhook_ingest.state.replica_acks). 0: no WAIT at all, as before.
     redis_min_replica_acks = _int("REDIS_MIN_REPLICA_ACKS", 0, validate.Range(0, 16))
     redis_replica_ack_timeout_ms = _int(
         "REDIS_REPLICA_ACK_TIMEOUT_MS",

@@ -15,9 +15,9 @@ from webhook_ingest.handoff.seen import SeenDeliveries
 from webhook_ingest.operations.dead_letters import DeadLetters
 from webhook_ingest.operations.raw_deliveries import RawDeliveries
 from webhook_ingest.providers import Provider, load_providers
-from webhook_ingest.replica_acks import ReplicaAcks
 from webhook_ingest.state.ignored import IgnoredDeliveries
 from webhook_ingest.state.job_registry import JobRegistry
+from webhook_ingest.state.replica_acks import ReplicaAcks
 from webhook_ingest.state.store import StateStore
 
 

@@ -36,9 +36,9 @@ from webhook_ingest.operations.adoption import MappingAdoption
 from webhook_ingest.operations.orphan_poller import OrphanPoller
 from webhook_ingest.providers import PayloadError
 from webhook_ingest.providers.http import ProviderAuthError, ProviderError, ProviderUnavailable
-from webhook_ingest.replica_acks import ReplicasBehind
 from webhook_ingest.services import Services
 from webhook_ingest.state.job_registry import JobMismatch, JobNotFound
+from webhook_ingest.state.replica_acks import ReplicasBehind
 from workers import retries
 from workers.services import services
 
@@ -62,7 +62,7 @@ def ingest_delivery(self, message: dict) -> str:
         # (acks_late), so whatever the task wrote — the applied state, a parked dead
         # letter, the journal record's removal — must be on enough replicas first,
         # or a failover could lose it with the message already gone. A WAIT after a
-        # write of its own covers every earlier write (webhook_ingest.replica_acks);
+        # write of its own covers every earlier write (webhook_ingest.state.replica_acks);
         # none is sent when the setting is 0.
         svc.worker_acks.confirm()
         return outcome

@@ -1,5 +1,5 @@
 """Issue 18, item 2: REDIS_MIN_REPLICA_ACKS — no 2xx, and no task acknowledged,
-before replicas hold the write (webhook_ingest.replica_acks).
+before replicas hold the write (webhook_ingest.state.replica_acks).
 
 A private master and a real replica (`--replicaof`) on loopback ports; the replica
 is frozen with SIGSTOP (still connected, acknowledging nothing: what a lagging or
@@ -219,3 +219,28 @@ def test_the_worker_does_not_acknowledge_a_task_before_the_replica_holds_its_app
     events = [e["outcome"] for e in receiver.services.state.events(job_id)]
     assert events.count("applied") == 1, events
     wait_for(lambda: replicated.on_replica.hgetall(keys.job_state(job_id)) == state, timeout=5)
+
+
+def check_config(**environ: str) -> str:
+    from click.testing import CliRunner
+
+    from webhook_ingest.operations.cli import main
+
+    run = CliRunner().invoke(main, ["check-config"], env=environ, catch_exceptions=False)
+    return run.output
+
+
+def test_check_config_shows_the_setting_and_warns_of_too_few_replicas(replicated):
+    master = replicated.master.url
+
+    assert "replica acknowledgement: off" in check_config(
+        REDIS_URL=master, CELERY_BROKER_URL=master
+    )
+    one = check_config(REDIS_URL=master, CELERY_BROKER_URL=master, REDIS_MIN_REPLICA_ACKS="1")
+    assert "replica acknowledgement: WAIT for 1 replica, at most 200 ms" in one, one
+    assert "WARNING REDIS_MIN_REPLICA_ACKS" not in one, one
+    two = check_config(REDIS_URL=master, CELERY_BROKER_URL=master, REDIS_MIN_REPLICA_ACKS="2")
+    assert (
+        "WARNING REDIS_MIN_REPLICA_ACKS=2 but the state Redis has 1 replica online: "
+        "every delivery would be answered 503"
+    ) in two, two

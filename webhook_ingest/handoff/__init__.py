@@ -25,7 +25,7 @@ from webhook_ingest.handoff.claims import Claim, DeliveryClaims, RateLimit, Rate
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.journal_then_publish import JournalThenPublishHandoff
 from webhook_ingest.handoff.single_script import SingleScriptHandoff
-from webhook_ingest.replica_acks import ReplicaAcks
+from webhook_ingest.state.replica_acks import ReplicaAcks
 
 __all__ = [
     "Claim",

@@ -28,8 +28,8 @@ from limits import parse
 
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.seen import SeenDeliveries
-from webhook_ingest.replica_acks import ReplicaAcks
 from webhook_ingest.state import keys
+from webhook_ingest.state.replica_acks import ReplicaAcks
 
 # The values of legacy claim keys (keys.delivery_claim)
 PENDING = "pending"

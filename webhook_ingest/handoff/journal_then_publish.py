@@ -7,7 +7,7 @@ fails answers 503 (the broker is away) but keeps the record, for the same
 reason: a concurrent retry may already have been told the delivery is ours.
 
 With REDIS_MIN_REPLICA_ACKS the claim script is followed by a WAIT on its
-connection (webhook_ingest.replica_acks), before the publish. Too few replicas:
+connection (webhook_ingest.state.replica_acks), before the publish. Too few replicas:
 the delivery is still published (the record exists on the master, and the worker
 finishes it at once instead of at the redrive) and the answer is 503; a
 record a failover then loses makes its message a no-op for the worker (its
@@ -27,8 +27,8 @@ from webhook_ingest.handoff.claims import Claim, DeliveryClaims
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import enqueue
-from webhook_ingest.replica_acks import ReplicaAcks
 from webhook_ingest.state import keys
+from webhook_ingest.state.replica_acks import ReplicaAcks
 
 
 class JournalThenPublishHandoff(Handoff):

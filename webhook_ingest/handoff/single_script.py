@@ -15,7 +15,7 @@ Measured (bench/, docs/benchmarks.md): kombu's publish costs several Redis
 round trips' worth of Python per delivery; this is one round trip.
 
 With REDIS_MIN_REPLICA_ACKS the script and a Redis WAIT go out as one pipeline on
-one connection (webhook_ingest.replica_acks): still one round trip.
+one connection (webhook_ingest.state.replica_acks): still one round trip.
 
 Anything else (RabbitMQ, a separate Redis server, TLS differences) journals,
 then publishes: webhook_ingest.handoff.journal_then_publish.
@@ -49,8 +49,8 @@ from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import argsrepr
 from webhook_ingest.handoff.seen import SeenDeliveries
-from webhook_ingest.replica_acks import ReplicaAcks
 from webhook_ingest.state import keys as state_keys
+from webhook_ingest.state.replica_acks import ReplicaAcks
 
 # Stand for the task's body and the queue's name in the message until the script
 # joins them in: random per process, so no delivery's text (its id shows in

@@ -23,7 +23,7 @@ from webhook_ingest.observability.metrics import (
     ENQUEUE_SECONDS,
     VERIFICATION_FAILURES,
 )
-from webhook_ingest.replica_acks import ReplicasBehind
+from webhook_ingest.state.replica_acks import ReplicasBehind
 from webhook_ingest.verification import (
     VerificationError,
     VerificationUnavailable,
