@@ -11,7 +11,8 @@ connection (webhook_ingest.state.replica_acks), before the publish. Too few repl
 the delivery is still published (the record exists on the master, and the worker
 finishes it at once instead of at the redrive) and the answer is 503; a
 record a failover then loses makes its message a no-op for the worker (its
-record is gone) and the provider's retry is claimed anew.
+record is gone) until the provider's retry, claimed anew, journals it again:
+then whichever copy comes first applies it, once.
 """
 
 from __future__ import annotations
