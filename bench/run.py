@@ -156,7 +156,7 @@ def main() -> int:
 
 
 def measure_all(bench: Bench) -> dict:
-    from bench import growth, latency, receiver, worker
+    from bench import growth, latency, receiver, replica_acks, worker
 
     raw: dict = {"phases": {}}
 
@@ -195,6 +195,10 @@ def measure_all(bench: Bench) -> dict:
     bench.close()
     bench.subscriber = None
     raw["growth"] = [phase(f"growth run {n}", growth.measure, bench, n) for n in (1, 2)]
+    # last: the replica it attaches must not weigh on any other figure
+    raw["replica_acks"] = [
+        phase(f"replica acks run {n}", replica_acks.measure, bench) for n in (1, 2)
+    ]
     return raw
 
 
@@ -212,6 +216,12 @@ def _brief(value: dict) -> str:
     if "latency_ms" in value:
         lat = value["latency_ms"]
         return f"p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} ms, sustained {value['sustained']}"
+    if "min1" in value:
+        min0, min1 = value["min0"], value["min1"]
+        return (
+            f"MIN=1/MIN=0 {value['ratio']:.2f} ({min1['rps']:.0f} / {min0['rps']:.0f} req/s, "
+            f"p50 {min1['latency_p50_ms']:.1f} / {min0['latency_p50_ms']:.1f} ms)"
+        )
     if "tick_ratio" in value:
         return f"tick ratio {value['tick_ratio']:.2f}"
     return ""
@@ -278,6 +288,7 @@ def _met(key: str, values: list[float | None]) -> str:
 
 def build_report(machine: dict, raw: dict) -> dict:
     rec, wrk, lat, gro = raw["receiver"], raw["worker"], raw["latency"], raw["growth"]
+    acks = raw["replica_acks"]
     figures: dict[str, dict] = {}
 
     def figure(name, unit, values, target=None):
@@ -327,10 +338,20 @@ def build_report(machine: dict, raw: dict) -> dict:
         [g["bytes_per_in_flight_delivery"] for g in gro],
     )
     figure("  of which the body", "B", [g["in_flight_body_bytes"] for g in gro])
+    # REDIS_MIN_REPLICA_ACKS, against a master with one local replica (bench.replica_acks)
+    figure("receiver req/s, MIN_ACKS=0", "req/s", [a["min0"]["rps"] for a in acks])
+    figure("receiver req/s, MIN_ACKS=1", "req/s", [a["min1"]["rps"] for a in acks])
+    figure("MIN_ACKS=1 / MIN_ACKS=0", "x", [a["ratio"] for a in acks])
+    for side in ("min0", "min1"):
+        for q in ("p50", "p99"):
+            values = [a[side][f"latency_{q}_ms"] for a in acks]
+            figure(f"latency {q}, MIN_ACKS={side[-1]}", "ms", values)
 
     warnings = []
     for n, r in enumerate(rec, 1):
         warnings += [f"R run {n}: {p}" for p in r["problems"]]
+    for n, a in enumerate(acks, 1):
+        warnings += [f"replica acks run {n}: {p}" for p in a["problems"]]
     for n, run in enumerate(lat, 1):
         for label, step in run.items():
             if step["generator_behind"]:

@@ -45,6 +45,14 @@ DEFAULT_ORPHAN_GIVE_UP_SECONDS = 24 * 3600
 # The consistency check leaves a job alone this long after it finished: late
 # webhooks and provider-side bookkeeping settle first.
 CONSISTENCY_SETTLE_SECONDS = 60
+# How long a receiver or worker waits for REDIS_MIN_REPLICA_ACKS replicas to confirm
+# a write (Redis WAIT) before it answers 503 / retries the task. A healthy local
+# replica confirms in well under a millisecond (docs/operations.md, "Replica
+# acknowledgement"); this only bounds what a lagging or lost replica costs each
+# request. The upper bound stays well below the Redis clients' socket timeouts
+# (redis_client.connect: 2 s), or the WAIT would be cut off as a dead connection.
+DEFAULT_REPLICA_ACK_TIMEOUT_MS = 200
+MAX_REPLICA_ACK_TIMEOUT_MS = 1000
 
 
 def min_redrive_after_seconds(visibility_timeout_seconds: int) -> int:
@@ -103,6 +111,8 @@ class Settings:
     log_level: str
     log_format: str
     flower_basic_auth: str | None
+    redis_min_replica_acks: int
+    redis_replica_ack_timeout_ms: int
 
     @property
     def bind(self) -> str:
@@ -291,6 +301,16 @@ class SettingsSchema(Schema):
     # Records redriven per tick at most, so a long outage's backlog comes back in
     # steps instead of one burst.
     journal_redrive_budget = _int("JOURNAL_REDRIVE_BUDGET", 1000, validate.Range(1, 100_000))
+
+    # Replicas that must confirm (Redis WAIT) the receiver's claim + journal record
+    # before a 2xx, and a worker's applied state before it acknowledges the task
+    # (webhook_ingest.state.replica_acks). 0: no WAIT at all, as before.
+    redis_min_replica_acks = _int("REDIS_MIN_REPLICA_ACKS", 0, validate.Range(0, 16))
+    redis_replica_ack_timeout_ms = _int(
+        "REDIS_REPLICA_ACK_TIMEOUT_MS",
+        DEFAULT_REPLICA_ACK_TIMEOUT_MS,
+        validate.Range(1, MAX_REPLICA_ACK_TIMEOUT_MS),
+    )
 
     # Read by observability.json_logs in every process; validated here so a bad value
     # stops the process (and check-config) naming the variable.

@@ -17,6 +17,7 @@ from webhook_ingest.operations.raw_deliveries import RawDeliveries
 from webhook_ingest.providers import Provider, load_providers
 from webhook_ingest.state.ignored import IgnoredDeliveries
 from webhook_ingest.state.job_registry import JobRegistry
+from webhook_ingest.state.replica_acks import ReplicaAcks
 from webhook_ingest.state.store import StateStore
 
 
@@ -32,6 +33,9 @@ class Services:
     raw_deliveries: RawDeliveries
     ignored: IgnoredDeliveries
     journal: Journal
+    # REDIS_MIN_REPLICA_ACKS as the worker applies it before a task is acknowledged
+    # (the receiver's is part of its hand-off: handoff.receiver_acks)
+    worker_acks: ReplicaAcks
 
 
 def build_services(
@@ -69,4 +73,10 @@ def build_services(
         raw_deliveries=RawDeliveries(client, retention_seconds=settings.raw_retention_seconds),
         ignored=IgnoredDeliveries(client),
         journal=journal,
+        worker_acks=ReplicaAcks(
+            client,
+            settings.redis_min_replica_acks,
+            settings.redis_replica_ack_timeout_ms,
+            process="worker",
+        ),
     )

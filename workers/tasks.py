@@ -38,6 +38,7 @@ from webhook_ingest.providers import PayloadError
 from webhook_ingest.providers.http import ProviderAuthError, ProviderError, ProviderUnavailable
 from webhook_ingest.services import Services
 from webhook_ingest.state.job_registry import JobMismatch, JobNotFound
+from webhook_ingest.state.replica_acks import ReplicasBehind
 from workers import retries
 from workers.services import services
 
@@ -56,9 +57,24 @@ def ingest_delivery(self, message: dict) -> str:
         "attempt": self.request.retries + 1,
     }
     try:
-        return _ingest(self, delivery, svc, context)
+        outcome = _ingest(self, delivery, svc, context)
+        # REDIS_MIN_REPLICA_ACKS: Celery acknowledges the message once this returns
+        # (acks_late), so whatever the task wrote — the applied state, a parked dead
+        # letter, the journal record's removal — must be on enough replicas first,
+        # or a failover could lose it with the message already gone. A WAIT after a
+        # write of its own covers every earlier write (webhook_ingest.state.replica_acks);
+        # none is sent when the setting is 0.
+        svc.worker_acks.confirm()
+        return outcome
     except (Retry, Reject):  # Celery's own ways of ending a task
         raise
+    except ReplicasBehind:
+        # Not acknowledged: the retry finds the delivery finished on the master
+        # (a duplicate) and acknowledges it once the replicas confirm; after a
+        # failover that lost the apply, the journal record is back and it applies.
+        log.warning("delivery finished but not yet on enough replicas, retrying", extra=context)
+        DELIVERIES_PROCESSED.labels(delivery.provider, "retried").inc()
+        _retry(self, svc, delivery, retries.countdown(svc.settings, self.request.retries))
     except Exception as exc:
         # Anything that escaped after the delivery was taken (parking while Redis
         # refuses writes, say) must not be acknowledged away: Celery would ack a

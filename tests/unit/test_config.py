@@ -32,6 +32,8 @@ from webhook_ingest.config import ConfigError, load_settings
         ("admin_token", None),  # operator endpoints disabled
         ("worker_metrics_address", "127.0.0.1"),  # like Flower: loopback unless asked
         ("bind_address", "0.0.0.0"),  # behind a load balancer on another host
+        ("redis_min_replica_acks", 0),  # no WAIT: replication stays asynchronous
+        ("redis_replica_ack_timeout_ms", 200),
     ],
 )
 def test_defaults_match_the_contract(attribute, default):
@@ -71,6 +73,8 @@ def test_the_webhook_base_url_defaults_to_localhost_on_the_configured_port():
         ("WORKER_METRICS_ADDRESS", "0.0.0.0", "worker_metrics_address", None),
         ("WORKER_METRICS_ADDRESS", "::", "worker_metrics_address", None),
         ("WORKER_METRICS_ADDRESS", "10.1.2.3", "worker_metrics_address", None),
+        ("REDIS_MIN_REPLICA_ACKS", "2", "redis_min_replica_acks", 2),
+        ("REDIS_REPLICA_ACK_TIMEOUT_MS", "1000", "redis_replica_ack_timeout_ms", 1000),
     ],
 )
 def test_valid_values_are_used(variable, value, attribute, expected):
@@ -106,6 +110,10 @@ def test_valid_values_are_used(variable, value, attribute, expected):
         ("WORKER_METRICS_ADDRESS", "0.0.0.0:9808"),
         ("BIND_ADDRESS", "receiver.example.com"),
         ("BIND_ADDRESS", "[::]"),
+        ("REDIS_MIN_REPLICA_ACKS", "-1"),
+        ("REDIS_MIN_REPLICA_ACKS", "one"),
+        ("REDIS_REPLICA_ACK_TIMEOUT_MS", "0"),  # WAIT's 0 blocks forever
+        ("REDIS_REPLICA_ACK_TIMEOUT_MS", "2000"),  # the clients' socket timeout
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_the_variable(variable, value):

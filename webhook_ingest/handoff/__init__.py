@@ -25,6 +25,7 @@ from webhook_ingest.handoff.claims import Claim, DeliveryClaims, RateLimit, Rate
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.journal_then_publish import JournalThenPublishHandoff
 from webhook_ingest.handoff.single_script import SingleScriptHandoff
+from webhook_ingest.state.replica_acks import ReplicaAcks
 
 __all__ = [
     "Claim",
@@ -44,6 +45,7 @@ def build_handoff(
     journal: Journal,
     celery_app: Celery,
 ) -> Handoff:
+    acks = receiver_acks(settings, client)
     if SingleScriptHandoff.applies(celery_app, settings.redis_url):
         return SingleScriptHandoff(
             client,
@@ -52,5 +54,18 @@ def build_handoff(
             claims.seen,
             journal,
             claims.rate,
+            acks,
         )
-    return JournalThenPublishHandoff(claims, journal, celery_app, client)
+    return JournalThenPublishHandoff(claims, journal, celery_app, client, acks)
+
+
+def receiver_acks(settings: Settings, client: redis.Redis) -> ReplicaAcks | None:
+    """REDIS_MIN_REPLICA_ACKS for the receiver; None when 0 (no WAIT sent)."""
+    if not settings.redis_min_replica_acks:
+        return None
+    return ReplicaAcks(
+        client,
+        settings.redis_min_replica_acks,
+        settings.redis_replica_ack_timeout_ms,
+        process="receiver",
+    )

@@ -15,5 +15,6 @@ class Handoff(abc.ABC):
         the broker); DUPLICATE for a delivery id already journaled, IN_FLIGHT for
         one a receiver of an older version is still enqueueing. Raises
         RateLimited when `client` (the sender's address) is over RATE_LIMIT for
-        the provider, EnqueueFailed (broker unreachable) or redis.RedisError
-        (state store unreachable); whichever, the answer is no 2xx."""
+        the provider, EnqueueFailed (broker unreachable), ReplicasBehind (fewer
+        than REDIS_MIN_REPLICA_ACKS replicas confirmed the write in time) or
+        redis.RedisError (state store unreachable); whichever, the answer is no 2xx."""

@@ -29,6 +29,7 @@ from limits import parse
 from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.seen import SeenDeliveries
 from webhook_ingest.state import keys
+from webhook_ingest.state.replica_acks import ReplicaAcks
 
 # The values of legacy claim keys (keys.delivery_claim)
 PENDING = "pending"
@@ -153,8 +154,26 @@ class DeliveryClaims:
         record: tuple[str, int, bytes],
         client: str = "",
         now: float | None = None,
+        acks: ReplicaAcks | None = None,
     ) -> Claim:
         """`record`: the delivery's journal record (handoff.journal.Journal.record);
-        `client`: the sender's address, for RATE_LIMIT. Raises RateLimited."""
+        `client`: the sender's address, for RATE_LIMIT. Raises RateLimited.
+        With `acks` (REDIS_MIN_REPLICA_ACKS) the claim is followed by a WAIT on the
+        same connection; see `claim_acked`."""
+        return self.claim_acked(delivery, record, client, now, acks)[0]
+
+    def claim_acked(
+        self,
+        delivery: Delivery,
+        record: tuple[str, int, bytes],
+        client: str = "",
+        now: float | None = None,
+        acks: ReplicaAcks | None = None,
+    ) -> tuple[Claim, int | None]:
+        """The claim and how many replicas acknowledged it (None: nobody asked);
+        the caller passes the count to `acks.require` when it is time to answer."""
         claim_keys, args = claim_call(self.seen, delivery, client, record, self.rate, now)
-        return outcome(self._claim(keys=claim_keys, args=args))
+        if acks is None:
+            return outcome(self._claim(keys=claim_keys, args=args)), None
+        reply, acked = acks.run_script(self._claim, claim_keys, args)
+        return outcome(reply), acked

@@ -14,6 +14,9 @@ how the worker gets it without waiting for a redrive.
 Measured (bench/, docs/benchmarks.md): kombu's publish costs several Redis
 round trips' worth of Python per delivery; this is one round trip.
 
+With REDIS_MIN_REPLICA_ACKS the script and a Redis WAIT go out as one pipeline on
+one connection (webhook_ingest.state.replica_acks): still one round trip.
+
 Anything else (RabbitMQ, a separate Redis server, TLS differences) journals,
 then publishes: webhook_ingest.handoff.journal_then_publish.
 """
@@ -47,6 +50,7 @@ from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import argsrepr
 from webhook_ingest.handoff.seen import SeenDeliveries
 from webhook_ingest.state import keys as state_keys
+from webhook_ingest.state.replica_acks import ReplicaAcks
 
 # Stand for the task's body and the queue's name in the message until the script
 # joins them in: random per process, so no delivery's text (its id shows in
@@ -108,8 +112,10 @@ class SingleScriptHandoff(Handoff):
         seen: SeenDeliveries,
         journal: Journal,
         rate: RateLimit | None = None,
+        acks: ReplicaAcks | None = None,
     ) -> None:
         self._script = client.register_script(_CLAIM_AND_PUSH_LUA)
+        self._acks = acks
         self._journal = journal
         self._seen = seen
         self._rate = rate
@@ -146,19 +152,22 @@ class SingleScriptHandoff(Handoff):
         head, body, before, after = self._pieces(delivery, record[2])
         mapping = state_keys.job_mapping(delivery.job_id) if delivery.job_id else ""
         claim_keys, claim_args = claim_call(self._seen, delivery, client, record, self._rate)
-        reply = self._script(
-            keys=[*claim_keys, self._queue, UNMATCHED_QUEUE, mapping],
-            args=[
-                *claim_args,
-                head,
-                body,
-                before,
-                after,
-                self._broker_db,
-                self._state_db,
-            ],
-        )
-        return outcome(reply)
+        script_keys = [*claim_keys, self._queue, UNMATCHED_QUEUE, mapping]
+        script_args = [
+            *claim_args,
+            head,
+            body,
+            before,
+            after,
+            self._broker_db,
+            self._state_db,
+        ]
+        if self._acks is None:
+            return outcome(self._script(keys=script_keys, args=script_args))
+        reply, acked = self._acks.run_script(self._script, script_keys, script_args)
+        claim = outcome(reply)  # RateLimited: 429 whatever the replicas say
+        self._acks.require(acked)  # ReplicasBehind: 503, never a 2xx
+        return claim
 
     def message(self, delivery: Delivery, queue: str | None = None) -> str:
         """The JSON kombu's Redis transport stores for `send_task(INGEST_TASK, [message])`

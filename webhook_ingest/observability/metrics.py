@@ -118,6 +118,16 @@ JOURNAL_REDRIVEN = Counter(
     ["provider"],
 )
 
+# -- receiver and worker ----------------------------------------------------------
+
+REPLICA_ACK_TIMEOUTS = Counter(
+    "webhook_replica_ack_timeouts_total",
+    "Writes fewer than REDIS_MIN_REPLICA_ACKS replicas acknowledged within "
+    "REDIS_REPLICA_ACK_TIMEOUT_MS (Redis WAIT), by process (receiver: answered 503; "
+    "worker: task retried).",
+    ["process"],
+)
+
 
 # -- read at scrape time by the receiver's GET /metrics (web.metrics_endpoint) ----------
 

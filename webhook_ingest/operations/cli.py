@@ -92,6 +92,10 @@ def check_config() -> None:
             click.echo(f"{what}: {url} ok")
         else:
             problem(f"{what}: {url} unreachable ({failure})")
+    shown, warning = preflight.replica_acknowledgement(settings)
+    click.echo(shown)
+    if warning:
+        click.echo(f"WARNING {warning}")
     if not settings.admin_token:
         click.echo("operator endpoints: DISABLED - set ADMIN_TOKEN to enable /jobs")
     if errors:

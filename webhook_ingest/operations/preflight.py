@@ -74,6 +74,38 @@ def connection_problems(settings: Settings) -> list[tuple[str, str, str | None]]
     return results
 
 
+def replica_acknowledgement(settings: Settings) -> tuple[str, str | None]:
+    """(what REDIS_MIN_REPLICA_ACKS makes the processes do, a warning or None): a
+    master with fewer replicas online than it asks for would have every delivery
+    answered 503, and no task acknowledged."""
+    wanted = settings.redis_min_replica_acks
+    if not wanted:
+        return "replica acknowledgement: off (REDIS_MIN_REPLICA_ACKS=0, no WAIT)", None
+    shown = (
+        f"replica acknowledgement: WAIT for {wanted} replica{'s' if wanted > 1 else ''}, "
+        f"at most {settings.redis_replica_ack_timeout_ms} ms, before a 2xx or a task's ack"
+    )
+    try:
+        client = redis_client.connect(settings.redis_url, socket_timeout=CONNECT_TIMEOUT_SECONDS)
+        try:
+            replication = client.info("replication")
+        finally:
+            client.close()
+    except Exception:
+        return shown, None  # unreachable: connection_problems says so already
+    online = sum(
+        1
+        for name, value in replication.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
+    if online >= wanted:
+        return shown, None
+    return shown, (
+        f"REDIS_MIN_REPLICA_ACKS={wanted} but the state Redis has {online} replica"
+        f"{'' if online == 1 else 's'} online: every delivery would be answered 503"
+    )
+
+
 def _broker_problem(settings: Settings) -> str | None:
     # The publishing app the receiver builds (handoff.broker), connected as /readyz does.
     from webhook_ingest.handoff import broker

@@ -156,3 +156,9 @@ IGNORED_DELIVERIES = "webhook_ingest:ignored"
 # message each member's delivery travels as.
 JOURNAL = "webhook_ingest:journal"
 JOURNAL_MESSAGES = "webhook_ingest:journal_messages"
+
+# A write that exists only to be waited for (webhook_ingest.state.replica_acks): Redis WAIT
+# counts the replication offset of the calling connection's last write, and this one
+# is written after everything the caller depends on. Expires: nothing ever reads it.
+REPLICA_ACK_MARK = "webhook_ingest:replica_ack_mark"
+REPLICA_ACK_MARK_TTL_MS = 60_000

@@ -23,6 +23,7 @@ from webhook_ingest.observability.metrics import (
     ENQUEUE_SECONDS,
     VERIFICATION_FAILURES,
 )
+from webhook_ingest.state.replica_acks import ReplicasBehind
 from webhook_ingest.verification import (
     VerificationError,
     VerificationUnavailable,
@@ -128,6 +129,19 @@ def receive(provider: str, job_id: str | None = None, token: str | None = None):
             "queue_unavailable",
             503,
             "queue unavailable, retry later",
+            Retry_After="5",
+            **ids,
+        )
+    except ReplicasBehind:
+        # REDIS_MIN_REPLICA_ACKS: the claim and journal record are on the master but
+        # not yet on enough replicas. The provider's retry finds the claim and is
+        # answered as a duplicate, 2xx only once replicas hold it (replica_acks);
+        # a failover that lost it meanwhile lets the retry claim it anew.
+        return _refused(
+            label,
+            "replicas_behind",
+            503,
+            "state store replicas behind, retry later",
             Retry_After="5",
             **ids,
         )
