@@ -105,9 +105,12 @@ class Processes:
                 print(f"bench: could not stop {name}: {exc}", file=sys.stderr)
 
 
-def start_redis(procs: Processes, data_dir: Path, name: str = "redis") -> tuple[str, redis.Redis]:
+def start_redis(
+    procs: Processes, data_dir: Path, name: str = "redis", *extra: str
+) -> tuple[str, redis.Redis]:
     """A redis-server of the bench's own, configured as production would run it;
-    `name` (starting with "redis", so it is stopped last) for a second one."""
+    `name` (starting with "redis", so it is stopped last) for a second one, and
+    `extra` options (e.g. --replicaof) after the production ones."""
     binary = shutil.which("redis-server")
     if not binary:
         raise SystemExit("redis-server is needed (apt-get install redis-server)")
@@ -131,6 +134,7 @@ def start_redis(procs: Processes, data_dir: Path, name: str = "redis") -> tuple[
             "",
             "--dir",
             str(data_dir),
+            *extra,
         ],
         dict(os.environ),
     )

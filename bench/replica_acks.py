@@ -15,47 +15,29 @@ no other figure pays for replication.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import redis
 
-from bench.common import QUEUE, UNMATCHED_QUEUE, free_port, http_ok, wait_for
+from bench.common import QUEUE, UNMATCHED_QUEUE, free_port, http_ok, start_redis, wait_for
 from bench.receiver import WARMUP_SECONDS, run_wrk, write_slices
 
+# Starting with "redis": stopped after the receivers, like the bench's own Redis.
+REPLICA = "redis-replica"
 WINDOW_SECONDS = 2
 WINDOWS = 4  # per side: 8 s of each
 
 
 def start_replica(bench) -> redis.Redis:
-    binary = shutil.which("redis-server")
     master_port = bench.redis.connection_pool.connection_kwargs["port"]
-    port = free_port()
-    data_dir = bench.work_dir / "replica"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    bench.procs.spawn(
-        "replica",
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-            "--dir",
-            str(data_dir),
-            "--replicaof",
-            "127.0.0.1",
-            str(master_port),
-        ],
-        dict(os.environ),
+    _, replica = start_redis(
+        bench.procs,
+        bench.work_dir / "replica",
+        REPLICA,
+        "--replicaof",
+        "127.0.0.1",
+        str(master_port),
     )
 
     def acknowledges() -> bool:
@@ -65,8 +47,8 @@ def start_replica(bench) -> redis.Redis:
         except redis.RedisError:
             return False
 
-    wait_for(acknowledges, 60, "the replica to sync (replica.log)")
-    return redis.Redis(port=port, decode_responses=True)
+    wait_for(acknowledges, 60, f"the replica to sync ({REPLICA}.log)")
+    return replica
 
 
 def measure(bench) -> dict:
@@ -85,7 +67,7 @@ def measure(bench) -> dict:
     finally:
         for name in urls:
             bench.procs.stop(f"web-{name}")
-        bench.procs.stop("replica")
+        bench.procs.stop(REPLICA)
         replica.close()
         bench.redis.delete(QUEUE, UNMATCHED_QUEUE)
 

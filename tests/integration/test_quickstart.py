@@ -83,16 +83,7 @@ def test_readme_quickstart_runs_verbatim_in_a_fresh_clone(clone):
     )
     state = redis.Redis(port=redis_port, decode_responses=True)
     try:
-        deadline = time.monotonic() + 40
-        while True:
-            assert run.poll() is None, "make run stopped:\n" + tail(clone.parent / "make-run.log")
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, tail(clone.parent / "make-run.log")
-            time.sleep(0.3)
+        wait_until_ready(run, port, clone.parent / "make-run.log")
         # make run started the Redis itself, in the clone.
         assert (clone / ".run" / f"redis-{redis_port}.pid").exists()
 
@@ -184,18 +175,7 @@ def test_make_run_with_no_settings_uses_a_redis_of_its_own(clone):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 40
-        while True:
-            assert run.poll() is None, "make run stopped:\n" + tail(
-                clone.parent / "make-run-defaults.log"
-            )
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, tail(clone.parent / "make-run-defaults.log")
-            time.sleep(0.3)
+        wait_until_ready(run, port, clone.parent / "make-run-defaults.log")
         assert (clone / ".run" / "redis-6380.pid").exists()
         assert own.ping()
     finally:
@@ -204,6 +184,21 @@ def test_make_run_with_no_settings_uses_a_redis_of_its_own(clone):
             own.shutdown(nosave=True)
         except redis.ConnectionError:
             pass
+
+
+def wait_until_ready(run: subprocess.Popen, port: int, log: Path, seconds: float = 40) -> None:
+    """Until `make run`'s receiver answers /readyz; fails with the log's tail if
+    make run stops or the time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert run.poll() is None, "make run stopped:\n" + tail(log)
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, tail(log)
+        time.sleep(0.3)
 
 
 def stop(process: subprocess.Popen) -> None:
