@@ -11,10 +11,13 @@ process with the variable's name, and a test can build an app for any settings.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from kombu import Exchange, Queue
 
 from webhook_ingest.config import Settings
+from webhook_ingest.redis_sentinel import is_sentinel_url
+from webhook_ingest.redis_sentinel import parse as parse_sentinel_url
 
 QUEUE = "webhook_ingest"
 # Retries of deliveries whose job is not registered yet (workers.tasks): a queue
@@ -52,19 +55,56 @@ def max_retry_countdown(settings: Settings) -> int:
 
 
 def is_redis_broker(settings: Settings) -> bool:
-    return settings.broker_url.startswith(("redis://", "rediss://"))
+    return settings.broker_url.startswith(("redis://", "rediss://")) or is_sentinel_url(
+        settings.broker_url
+    )
+
+
+def kombu_sentinel_broker(url: str) -> dict[str, Any]:
+    """Celery's broker settings for a redis+sentinel:// URL (webhook_ingest.redis_sentinel):
+    kombu's Sentinel form, one `sentinel://` URL per sentinel joined by `;` (the
+    master's password and database on each), the master's name and the
+    sentinels' own credentials as transport options."""
+    parsed = parse_sentinel_url(url)
+    auth = ""
+    if parsed.username or parsed.password:
+        auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password or '', safe='')}@"
+    hosts = ";".join(
+        f"sentinel://{auth}{f'[{host}]' if ':' in host else host}:{port}/{parsed.db}"
+        for host, port in parsed.sentinels
+    )
+    conf: dict[str, Any] = {
+        "broker_url": hosts,
+        "broker_transport": "workers.kombu_redis:SentinelTransport",
+        "sentinel_options": {
+            "master_name": parsed.master_name,
+            "sentinel_kwargs": {
+                "socket_connect_timeout": 0.5,
+                "socket_timeout": 1.0,
+                **parsed.sentinel_kwargs(),
+            },
+        },
+    }
+    if parsed.tls:
+        conf["broker_use_ssl"] = dict(parsed.ssl) or {"ssl_cert_reqs": "required"}
+    return conf
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
     """Celery's configuration (lower-case setting names) for these settings."""
     visibility_timeout = settings.broker_visibility_timeout_seconds
     time_limit = task_time_limit(settings)
+    broker = settings.broker_url
+    sentinel: dict[str, Any] = {}
+    if is_sentinel_url(broker):
+        sentinel = kombu_sentinel_broker(broker)
+        broker = sentinel["broker_url"]
     conf: dict[str, Any] = {
         # Celery prefers the CELERY_BROKER_URL variable over `broker_url`; the
         # read and write URLs win over both, so the settings given here decide.
-        "broker_url": settings.broker_url,
-        "broker_read_url": settings.broker_url,
-        "broker_write_url": settings.broker_url,
+        "broker_url": broker,
+        "broker_read_url": broker,
+        "broker_write_url": broker,
         # No result backend: tasks write their outcome to job_state themselves, and
         # storing results would double the Redis writes of every delivery.
         "task_ignore_result": True,
@@ -130,6 +170,11 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         **_broker_transport(settings, visibility_timeout),
         **_beat(settings),
     }
+    if sentinel:
+        conf["broker_transport"] = sentinel["broker_transport"]
+        conf["broker_transport_options"].update(sentinel["sentinel_options"])
+        if "broker_use_ssl" in sentinel:
+            conf["broker_use_ssl"] = sentinel["broker_use_ssl"]
     return conf
 
 
@@ -214,14 +259,13 @@ def _beat(settings: Settings) -> dict[str, Any]:
         "redbeat_key_prefix": "webhook_ingest:redbeat",
         "beat_max_loop_interval": 5,
         "redbeat_lock_timeout": 30,
-        # Short socket timeouts so a Redis outage is noticed. retry_period covers
-        # RedBeat's schedule reads (up to five minutes each); the lock is not
-        # covered by it, so workers.beat_scheduler retries failed ticks for as
-        # long as it takes.
+        # RedBeat is handed the service's own client for this URL
+        # (workers.beat_scheduler: redis_client's timeouts, Sentinel URLs too),
+        # with a 5 s socket timeout. retry_period covers RedBeat's schedule
+        # reads (up to five minutes each); the lock is not covered by it, so
+        # workers.beat_scheduler retries failed ticks for as long as it takes.
         "redbeat_redis_options": {
-            "socket_connect_timeout": 2,
             "socket_timeout": 5,
-            "health_check_interval": 30,
             "retry_period": 300,
         },
         "beat_schedule": {

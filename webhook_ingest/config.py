@@ -25,7 +25,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from webhook_ingest import weak_tokens
+from webhook_ingest import redis_sentinel, weak_tokens
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_TOLERANCE_SECONDS = 300
@@ -131,13 +131,29 @@ def _redis_scheme(value: str) -> None:
             "unix sockets (unix://) are not supported: the broker, rate limits and beat "
             "reach Redis over TCP; use redis://host:port/db or rediss://"
         )
-    if not value.startswith(("redis://", "rediss://")):
-        raise ValidationError("must be a redis:// or rediss:// URL")
+    if redis_sentinel.is_sentinel_url(value):
+        _sentinel_url(value)
+    elif not value.startswith(("redis://", "rediss://")):
+        raise ValidationError(
+            "must be a redis:// or rediss:// URL, or redis+sentinel://host:26379[,host:port...]"
+            "/master-name[/db]"
+        )
 
 
-_broker_scheme = validate.Regexp(
-    r"^(redis|rediss|amqp|amqps|pyamqp)://", error="must be a redis:// or amqp:// URL"
-)
+def _sentinel_url(value: str) -> None:
+    try:
+        redis_sentinel.parse(value)
+    except ValueError as exc:
+        raise ValidationError(f"Sentinel URL: {exc}") from None
+
+
+def _broker_scheme(value: str) -> None:
+    if redis_sentinel.is_sentinel_url(value):
+        _sentinel_url(value)
+    elif not re.match(r"^(redis|rediss|amqp|amqps|pyamqp)://", value):
+        raise ValidationError("must be a redis://, redis+sentinel:// or amqp:// URL")
+
+
 _http_url = validate.URL(schemes={"http", "https"}, require_tld=False)
 _positive = validate.Range(min=1)
 

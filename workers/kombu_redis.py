@@ -31,7 +31,12 @@ errors they make the consumer reconnect and wait, as it does for a Redis that is
 down; a message taken off the queue meanwhile and never recorded comes back by
 the delivery journal's redrive.
 
-celeryconfig selects it for redis:// and rediss:// brokers (`broker_transport`).
+celeryconfig selects it for redis:// and rediss:// brokers (`broker_transport`),
+and its Sentinel twin (`SentinelTransport`: kombu's Sentinel channel, the same
+changes) for redis+sentinel:// ones. kombu's Sentinel connections ask the
+sentinels for the master on every connect, and count a READONLY answer (a
+demoted master) as a lost connection: a worker never goes on consuming from a
+replica.
 """
 
 from __future__ import annotations
@@ -124,6 +129,17 @@ class Channel(kombu_redis.Channel):
             client = self._sync_client = super()._create_client()
         return client
 
+    def _connparams(self, asynchronous=False):
+        # A channel whose first close failed half-way (the broker gone) is closed
+        # again after kombu detached the transport from its connection; kombu's
+        # own code then fails with AttributeError on the missing connection info,
+        # which Celery takes for an unrecoverable error and the worker exited
+        # (seen behind Sentinel: tests/faults/test_faults_sentinel.py). A lost
+        # connection is what it is, and the consumer reconnects.
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection was closed")
+        return super()._connparams(asynchronous=asynchronous)
+
     def close(self):
         # before kombu drops the pools and restores what is still unacked
         qos = self._qos
@@ -165,3 +181,13 @@ def _flush_removals(cycle) -> None:
             qos.flush_removals()
         except (*channel.connection_errors, redis.RedisError):
             return  # still queued: the next receipt or tick sends them
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (the master's pool from the sentinels) with this
+    module's client reuse and deferred removals."""
+
+
+class SentinelTransport(Transport):
+    default_port = kombu_redis.SentinelTransport.default_port
+    Channel = SentinelChannel

@@ -49,6 +49,8 @@ from webhook_ingest.handoff.delivery import Delivery
 from webhook_ingest.handoff.journal import Journal
 from webhook_ingest.handoff.publish import argsrepr
 from webhook_ingest.handoff.seen import SeenDeliveries
+from webhook_ingest.redis_sentinel import is_sentinel_url
+from webhook_ingest.redis_sentinel import parse as parse_sentinel_url
 from webhook_ingest.state import keys as state_keys
 from webhook_ingest.state.replica_acks import ReplicaAcks
 
@@ -88,7 +90,11 @@ return 'enqueued'
 
 
 def _server(url: str) -> tuple | None:
-    """(scheme, host, port, user, password) of a redis:// URL, None for anything else."""
+    """(scheme, host, port, user, password) of a redis:// URL; for a redis+sentinel://
+    one, the sentinels and the master's name (redis_sentinel.SentinelUrl.server);
+    None for anything else."""
+    if is_sentinel_url(url):
+        return parse_sentinel_url(url).server
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
         return None
@@ -97,6 +103,8 @@ def _server(url: str) -> tuple | None:
 
 
 def _db(url: str) -> int:
+    if is_sentinel_url(url):
+        return parse_sentinel_url(url).db
     path = urlsplit(url).path.strip("/")
     return int(path) if path.isdigit() else 0
 
@@ -255,10 +263,25 @@ def broker_url(celery_app: Celery) -> str:
     transport = resolve_transport(conn.transport_cls)
     if not isinstance(transport, type) or not issubclass(transport, kombu_redis.Transport):
         return conn.as_uri(include_password=True)
-    if issubclass(transport, kombu_redis.SentinelTransport):
-        return conn.as_uri(include_password=True)
+    if issubclass(transport.Channel, kombu_redis.SentinelChannel):  # workers.kombu_redis's too
+        return _sentinel_uri(conn)
     scheme = "rediss" if conn.ssl else "redis"
     auth = ""
     if conn.userid or conn.password:
         auth = f"{quote(conn.userid or '', safe='')}:{quote(conn.password or '', safe='')}@"
     return f"{scheme}://{auth}{conn.hostname}:{conn.port or 6379}/{conn.virtual_host or 0}"
+
+
+def _sentinel_uri(conn) -> str:
+    """kombu's Sentinel connection (one `sentinel://` alternate per sentinel, the
+    master's name a transport option) as the redis+sentinel:// URL it came from."""
+    hosts = []
+    for alternate in conn.alt or [conn.as_uri()]:
+        parts = urlsplit(alternate)
+        host = parts.hostname or "localhost"
+        hosts.append(f"{f'[{host}]' if ':' in host else host}:{parts.port or 26379}")
+    auth = ""
+    if conn.userid or conn.password:
+        auth = f"{quote(conn.userid or '', safe='')}:{quote(conn.password or '', safe='')}@"
+    master = conn.transport_options.get("master_name", "")
+    return f"redis+sentinel://{auth}{','.join(hosts)}/{master}/{conn.virtual_host or 0}"

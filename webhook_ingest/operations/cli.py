@@ -92,6 +92,12 @@ def check_config() -> None:
             click.echo(f"{what}: {url} ok")
         else:
             problem(f"{what}: {url} unreachable ({failure})")
+    for shown, failure, fatal in preflight.sentinel_views(settings):
+        click.echo(shown)
+        if failure and fatal:
+            problem(failure)
+        elif failure:
+            click.echo(f"WARNING {failure}")
     shown, warning = preflight.replica_acknowledgement(settings)
     click.echo(shown)
     if warning:

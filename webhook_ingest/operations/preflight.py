@@ -12,7 +12,7 @@ import difflib
 import re
 from collections.abc import Mapping
 
-from webhook_ingest import redis_client
+from webhook_ingest import redis_client, redis_sentinel
 from webhook_ingest.config import (
     FILE_SUFFIX,
     SECRET_VARIABLE,
@@ -72,6 +72,47 @@ def connection_problems(settings: Settings) -> list[tuple[str, str, str | None]]
         results.append(("redis", redacted_url(settings.redis_url), _why(exc, settings.redis_url)))
     results.append(("broker", redacted_url(settings.broker_url), _broker_problem(settings)))
     return results
+
+
+def sentinel_views(settings: Settings) -> list[tuple[str, str | None, bool]]:
+    """For a redis+sentinel:// REDIS_URL (and broker, if another): (what the sentinels
+    say, a problem or None, whether the problem is an error). Every sentinel is
+    asked: one that does not answer is a warning (the others can still fail
+    over), none answering an error (no process could find the master)."""
+    urls = [settings.redis_url]
+    if settings.broker_url != settings.redis_url:
+        urls.append(settings.broker_url)
+    views = []
+    for url in filter(redis_sentinel.is_sentinel_url, urls):
+        parsed = redis_sentinel.parse(url)
+        client = redis_client.sentinels(parsed, socket_timeout=CONNECT_TIMEOUT_SECONDS)
+        answers, silent = [], []
+        for (host, port), sentinel in zip(parsed.sentinels, client.sentinels, strict=True):
+            try:
+                answers.append(sentinel.sentinel_master(parsed.master_name))
+            except Exception as exc:  # noqa: BLE001 - reported, per sentinel
+                silent.append(f"{host}:{port} ({_why(exc, url)})")
+            finally:
+                sentinel.close()
+        name = parsed.master_name
+        if not answers:
+            shown = f"sentinels: none of {parsed.hosts_text()} knows {name!r}"
+            views.append((shown, "; ".join(silent), True))
+            continue
+        state = answers[0]
+        masters = {f"{a.get('ip')}:{a.get('port')}" for a in answers}
+        shown = (
+            f"sentinels: {len(answers)} of {len(parsed.sentinels)} answer for {name!r} "
+            f"(quorum {state.get('quorum')}): master {', '.join(sorted(masters))}, "
+            f"{state.get('num-slaves')} replicas, flags {state.get('flags')}"
+        )
+        problem = None
+        if silent:
+            problem = f"sentinels not answering: {'; '.join(silent)}"
+        elif len(masters) > 1:
+            problem = "the sentinels name different masters (a failover in progress?)"
+        views.append((shown, problem, False))
+    return views
 
 
 def replica_acknowledgement(settings: Settings) -> tuple[str, str | None]:

@@ -28,11 +28,14 @@ def healthz():
 @blueprint.get("/readyz")
 def readyz():
     """Ready to accept deliveries: Redis and the broker both answer."""
-    problems = readiness.unavailable(
-        current_app.extensions["webhook_ingest"], current_app.extensions["celery"]
-    )
+    services = current_app.extensions["webhook_ingest"]
+    problems = readiness.unavailable(services, current_app.extensions["celery"])
     if problems:
-        return jsonify(status="unavailable", unavailable=problems), 503
+        body = {"status": "unavailable", "unavailable": problems}
+        switching = readiness.switching(services, problems)
+        if switching:
+            body["switching"] = switching
+        return jsonify(body), 503, {"Retry-After": "5"}
     return jsonify(status="ready")
 
 
