@@ -135,12 +135,13 @@ class System:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """`env`: what this process gets on top of `self.env` (another PORT, say)."""
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         process = subprocess.Popen(
             args,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -149,11 +150,21 @@ class System:
         self.running[name] = process
         return process
 
-    def start_web(self, name: str = "web") -> subprocess.Popen:
+    def start_web(self, name: str = "web", port: int | None = None) -> subprocess.Popen:
+        """gunicorn on the System's port, or on `port`: a second receiver (as on
+        another host) on the same store and broker."""
+        port = port or self.port
         process = self.spawn(
-            name, str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "webhook_ingest.wsgi:app"
+            name,
+            str(BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "webhook_ingest.wsgi:app",
+            env={"PORT": str(port)},
         )
-        wait_for(self.ready, timeout=30, message=f"gunicorn to be ready ({self.logs})")
+        wait_for(
+            lambda: self.ready(port), timeout=30, message=f"gunicorn to be ready ({self.logs})"
+        )
         return process
 
     def start_worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen:
@@ -214,9 +225,10 @@ class System:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def ready(self) -> bool:
+    def ready(self, port: int | None = None) -> bool:
         try:
-            return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            url = f"http://127.0.0.1:{port or self.port}/readyz"
+            return requests.get(url, timeout=2).status_code == 200
         except requests.RequestException:
             return False
 
