@@ -18,6 +18,16 @@ REDIS_URL="${REDIS_URL:-redis://localhost:6379/0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN_DIR="$ROOT/.run"
 
+# A Sentinel deployment (redis+sentinel://) is the operator's own: nothing is
+# started for it, and whether its sentinels and master answer is what
+# `webhook-ingest check-config` (run next by `make run`) reports.
+case "$REDIS_URL" in
+    redis+sentinel://* | rediss+sentinel://*)
+        echo "ensure-redis: REDIS_URL names Redis Sentinel; not starting a Redis (check-config asks the sentinels)"
+        exit 0
+        ;;
+esac
+
 with_binary=0
 own=0
 case "${1:-}" in

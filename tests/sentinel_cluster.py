@@ -145,6 +145,18 @@ class SentinelCluster:
         replica_of = None if port == self.first_master else self.first_master
         self._start_data_node(port, replica_of)
 
+    def replica_ports(self) -> list[int]:
+        master = self.master_port()
+        return [port for port in self.data_ports if port != master]
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP: the node holds its connections and answers nothing (a replica
+        falling behind: a slow disk, a long fork, a network stall)."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+
     def kill_master(self) -> int:
         port = self.master_port()
         self.kill(port)

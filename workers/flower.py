@@ -31,7 +31,7 @@ def command(environ: dict[str, str]) -> list[str]:
     return [
         celery,
         "-A",
-        "workers",
+        "workers.flower_app",  # kombu's own transports: Flower's broker page knows them
         "flower",
         f"--address={address}",
         f"--port={port}",

@@ -340,6 +340,17 @@ def test_flower_asks_for_basic_auth_and_shows_readable_tasks_without_payloads(se
         seen = wait_for(ingest_tasks, timeout=45, interval=1, message="Flower to see a task")
         assert seen[0]["args"].startswith("<replicate delivery msg_")
         assert BODY_MARKER not in json.dumps(seen)
+        # The broker page's data: Flower named its broker client after the URL's
+        # scheme, and with the worker's own transport answered 404 "broker is not
+        # supported" (workers/flower_app.py).
+        assert "webhook_ingest" in flower_queue_lengths(base)
+
+
+def flower_queue_lengths(base: str) -> dict[str, int]:
+    """Flower's `/api/queues/length` (its broker page): {queue: messages}."""
+    answer = requests.get(f"{base}/api/queues/length", auth=("ops", "s3cret-pw"), timeout=5)
+    assert answer.status_code == 200, answer.text
+    return {queue["name"]: queue["messages"] for queue in answer.json()["active_queues"]}
 
 
 def test_flower_shows_no_payload_for_any_attempt_of_a_retried_delivery(service):

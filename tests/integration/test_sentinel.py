@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import REPLICATE_SECRET
 from tests.sentinel_cluster import MASTER, SentinelCluster
@@ -120,3 +121,42 @@ def test_a_failover_is_answered_503_with_retry_after_and_heals_without_a_restart
     queued = master.llen("webhook_ingest") + master.llen("webhook_ingest.unmatched")
     assert queued == 2, "both acknowledged deliveries are queued on the new master, once"
     celery_app.close()
+
+
+@pytest.mark.e2e
+def test_every_process_reaches_the_master_through_the_sentinels(cluster):
+    """gunicorn, the Celery worker and Flower as the Procfile starts them, on one
+    redis+sentinel:// URL: a delivery is received, queued, applied; Flower reads
+    the broker's queues through the sentinels too."""
+    from tests.integration.test_end_to_end import Service, register
+    from tests.integration.test_operability_processes import (
+        flower_for,
+        flower_ingest_tasks,
+        flower_queue_lengths,
+    )
+
+    service = Service(cluster.url(5), {"WORKER_METRICS_PORT": "0"})
+    try:
+        service.start_web()
+        service.start_worker()
+        run = uuid.uuid4().hex[:8]
+        job_id, external_id = f"job-{run}", f"pred-{run}"
+        register(service, job_id, "replicate", external_id)
+        with flower_for(service) as base:
+
+            def applied() -> bool:
+                # Flower switches the workers' events on within seconds; deliver until seen.
+                body = body_of({"id": external_id, "status": "processing", "logs": ""})
+                requests.post(
+                    f"{service.url}/webhook/replicate/{job_id}",
+                    data=body,
+                    headers=signed_headers(REPLICATE_SECRET, body),
+                    timeout=5,
+                )
+                state = cluster.master(db=5).hgetall(f"job_state:{job_id}")
+                return state.get("status") == "processing" and bool(flower_ingest_tasks(base))
+
+            wait_for(applied, timeout=60, interval=1, message=f"applied ({service.logs})")
+            assert "webhook_ingest" in flower_queue_lengths(base)
+    finally:
+        service.stop()
