@@ -95,7 +95,15 @@ class QoS(kombu_redis.QoS):
     def ack(self, delivery_tag):
         # the channel's `connection` is the transport, which knows whether an
         # event loop flushes queued removals
-        if not self.channel.connection.defers_removals:
+        transport = self.channel.connection
+        if transport is None:
+            # A task that finished after its channel was closed (the master
+            # demoted under the worker): its message cannot be acknowledged on
+            # this connection and comes back by the sweep (a duplicate then).
+            # As a connection error kombu logs it; an AttributeError made the
+            # worker exit (tests/faults/test_faults_sentinel.py).
+            raise redis.ConnectionError("the broker channel is closed")
+        if not transport.defers_removals:
             return super().ack(delivery_tag)
         with self._finished_lock:
             self._finished.append(delivery_tag)
