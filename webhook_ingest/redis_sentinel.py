@@ -56,23 +56,18 @@ class SentinelUrl:
 
     def data_node_kwargs(self) -> dict[str, object]:
         """Connection keywords for the master's connections (redis-py)."""
-        kwargs: dict[str, object] = {"db": self.db}
-        if self.username:
-            kwargs["username"] = self.username
-        if self.password:
-            kwargs["password"] = self.password
-        if self.tls:
-            kwargs["ssl"] = True
-            kwargs.update(self.ssl)
-        return kwargs
+        return {"db": self.db, **self._connection_kwargs(self.username, self.password)}
 
     def sentinel_kwargs(self) -> dict[str, object]:
         """Connection keywords for the sentinels' own connections (redis-py)."""
+        return self._connection_kwargs(self.sentinel_username, self.sentinel_password)
+
+    def _connection_kwargs(self, username: str | None, password: str | None) -> dict[str, object]:
         kwargs: dict[str, object] = {}
-        if self.sentinel_username:
-            kwargs["username"] = self.sentinel_username
-        if self.sentinel_password:
-            kwargs["password"] = self.sentinel_password
+        if username:
+            kwargs["username"] = username
+        if password:
+            kwargs["password"] = password
         if self.tls:
             kwargs["ssl"] = True
             kwargs.update(self.ssl)
