@@ -180,7 +180,7 @@ def test_master_killed_mid_stream_sentinel_promotes_and_nothing_acknowledged_is_
         killed_at = time.monotonic()
         for port in replicas:
             cluster.resume(port)
-        new = cluster.wait_new_master(old)
+        cluster.wait_new_master(old)
         promoted_after = time.monotonic() - killed_at
         stream.join(timeout=180)
         first_pass = sum(1 for d in deliveries if d.acknowledged)
@@ -225,7 +225,7 @@ def test_master_killed_mid_stream_sentinel_promotes_and_nothing_acknowledged_is_
             timeout=30,
             message="beat to tick on the new master",
         )
-        assert cluster.node(new).exists("webhook_ingest:redbeat:lock")
+        assert store.client().exists("webhook_ingest:redbeat:lock")
         # The old master comes back (a supervisor restarts it, with its AOF): the
         # sentinels make it a replica of the new one, and nothing consumes from it
         # or writes to it meanwhile: a delivery sent now is applied once.
@@ -235,7 +235,9 @@ def test_master_killed_mid_stream_sentinel_promotes_and_nothing_acknowledged_is_
             timeout=30,
             message="the old master to follow the new one",
         )
-        assert cluster.master_port() == new
+        # (not necessarily `new`: on a loaded machine the sentinels may fail over
+        # again, the promoted master missing their 1 s deadline during its resyncs)
+        assert cluster.master_port() != old
         fresh = new_jobs(5, f"after{min_acks}")
         register_jobs(store, fresh)  # type: ignore[arg-type]
         late = one_delivery_each(fresh)
@@ -275,7 +277,7 @@ def test_a_master_demoted_by_a_manual_failover_is_left_by_every_process(
         if writes_paused_first:
             cluster.node(old).execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
         assert cluster.sentinel().execute_command("SENTINEL", "FAILOVER", MASTER)
-        new = cluster.wait_new_master(old)
+        cluster.wait_new_master(old)
         stream.join(timeout=120)
         resend_unacknowledged(system, deliveries, rounds=20)
         wait = 120 if writes_paused_first else 60
@@ -309,6 +311,8 @@ def test_a_master_demoted_by_a_manual_failover_is_left_by_every_process(
             (c.get("cmd"), c.get("flags")) for c in clients
         ]
         assert demoted.config_get("replica-read-only")["replica-read-only"] == "yes"
-        assert cluster.master_port() == new
+        # (not necessarily `new`: on a loaded machine the sentinels may fail over
+        # again, the promoted master missing their 1 s deadline during its resyncs)
+        assert cluster.master_port() != old
     finally:
         system.stop_all()

@@ -111,12 +111,12 @@ def test_a_failover_is_answered_503_with_retry_after_and_heals_without_a_restart
     answer = deliver(2)
     assert answer.status_code == 503 and answer.headers["Retry-After"], answer.json
 
-    new = cluster.wait_new_master(old)
+    cluster.wait_new_master(old)
     # The same app and clients: the next requests reach the new master; a 2xx once
     # the other replica follows it and confirms (a provider's retries until then).
     wait_for(lambda: client.get("/readyz").status_code == 200, timeout=20, message="/readyz")
     wait_for(lambda: deliver(2).status_code in (200, 202), timeout=30, message="a 2xx")
-    assert cluster.master_port() == new
+    assert cluster.master_port() != old  # `new`, or another replica after a second failover
     master = cluster.master(db=3)
     queued = master.llen("webhook_ingest") + master.llen("webhook_ingest.unmatched")
     assert queued == 2, "both acknowledged deliveries are queued on the new master, once"
