@@ -228,6 +228,14 @@ def _broker_transport(settings: Settings, visibility_timeout: int) -> dict[str, 
             # ZRANGE under a mutex: scan on every sweep, at least twice per timeout.
             "unacked_restore_interval": max(1, min(5, visibility_timeout // 2)),
             "unacked_restore_throttle": 1,
+            # The scan holds `unacked_mutex` for milliseconds, but a worker
+            # SIGKILLed while holding it leaves it for its expiry, 300 s by
+            # default: every worker's sweep was stalled that long (the soak fault
+            # test's queue did not drain in 120 s after a worker SIGKILL, its
+            # mutex still set). Two sweepers overlapping after a short expiry
+            # restore a message twice at worst, which the journal counts as a
+            # duplicate.
+            "unacked_mutex_expire": max(1, min(5, visibility_timeout // 2)),
             # Fail fast when Redis is down so the receiver answers 503 in about a
             # second.
             "socket_connect_timeout": 0.5,
